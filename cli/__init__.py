@@ -1,0 +1,1 @@
+"""The `cvdm-tf` command line (click)."""
