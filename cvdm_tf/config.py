@@ -1,0 +1,271 @@
+"""Configuration: TOML files -> frozen dataclasses that reject unknown keys and wrong types.
+
+A config has one table per concern. The resolved config is written to every run folder as `config.toml` and is
+enough to rebuild the model (`load_config(run / "config.toml")`).
+
+    task = "qpi"
+    [model]    the networks and the schedule kind
+    [loss]     the weights of the regularised loss (cvdm-math.md section 3)
+    [train]    optimiser, steps, logging and checkpoints
+    [sampler]  T steps, K samples, ancestral (ddpm) or deterministic (ddim) updates
+    [data]     the task's physics, image source, crop size and noise model
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from cvdm_tf.errors import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SCHEDULES = ("learned", "learned-global", "linear", "cosine")
+SAMPLERS = ("ddpm", "ddim")
+NOISE_MODELS = ("paper", "poisson", "none")
+NORMS = ("none", "instance", "group")
+TASKS = ("qpi",)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The networks. Channel counts come from the task (QPI: condition 2 = the intensity pair, target 1 = phase)."""
+
+    condition_channels: int = 2
+    target_channels: int = 1
+    schedule: str = "learned"
+    # Denoiser U-Net eps_hat(z_t, y, gamma).
+    base_filters: int = 16
+    depth: int = 3
+    kernel_size: int = 3
+    blocks_per_level: int = 1
+    norm: str = "group"
+    # Schedule networks: tau(y) U-Net (learned kind only) and the monotone time networks rho(t), lambda(t).
+    tau_base_filters: int = 8
+    tau_depth: int = 2
+    time_units: int = 16
+    # Fixed schedules (CDDPM baseline): continuous-time linear beta(t) and cosine (Nichol & Dhariwal 2021).
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    cosine_offset: float = 0.008
+    # Zero-mean diffusion: a mean network predicts E[x | y]; the diffusion models (x - mean) * residual_scale.
+    zero_mean: bool = False
+    residual_scale: float = 1.0
+
+    def __post_init__(self):
+        _check_choice("model.schedule", self.schedule, SCHEDULES)
+        _check_choice("model.norm", self.norm, NORMS)
+        for name in ("condition_channels", "target_channels", "base_filters", "depth", "kernel_size",
+                     "blocks_per_level", "tau_base_filters", "tau_depth", "time_units"):
+            _check_positive(f"model.{name}", getattr(self, name))
+        if not 0 < self.beta_min < self.beta_max:
+            raise InputError(f"model.beta_min/beta_max: need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+
+    @property
+    def size_multiple(self) -> int:
+        """Images must be divisible by this (the U-Nets halve the size depth times); others are padded."""
+        return 2 ** max(self.depth, self.tau_depth)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """L = L_diff + w * (L_beta + L_prior + alpha * L_gamma) (cvdm-math.md section 3)."""
+
+    w: float = 2.0
+    alpha: float = 1e-3
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    ema_momentum: float = 0.999
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    preview_every: int = 500
+    validation_fraction: float = 0.1
+    validation_batches: int = 2
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "preview_every"):
+            _check_positive(f"train.{name}", getattr(self, name))
+        if not self.learning_rate > 0:
+            raise InputError(f"train.learning_rate: must be > 0, got {self.learning_rate}")
+        if not 0 <= self.ema_momentum < 1:
+            raise InputError(f"train.ema_momentum: must be in [0, 1), got {self.ema_momentum}")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    steps: int = 200
+    samples: int = 4
+    method: str = "ddpm"
+
+    def __post_init__(self):
+        _check_positive("sampler.steps", self.steps)
+        _check_positive("sampler.samples", self.samples)
+        _check_choice("sampler.method", self.method, SAMPLERS)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training images come from and the task's forward physics (QPI: cvdm-math.md section 6)."""
+
+    source: str = ""  # "" = the images embedded in scikit-image; else a folder, an image or a .npy/.npz stack
+    image_size: int = 64
+    wavelength_um: float = 0.521
+    pixel_size_um: float = 0.21
+    defocus_um: float = 1.0
+    phase_max: float = 3.5
+    # "image": scale phase over the whole source image, then crop (keeps the physical phase gradients of the
+    # full image); "crop": scale every crop to [0, phase_max] (the reference's choice).
+    phase_scaling: str = "image"
+    noise: str = "paper"
+    noise_max: float = 0.2  # paper noise: lam_n ~ U(0, noise_max) per pair
+    photons_per_pixel: float = 1000.0  # poisson noise
+    read_noise: float = 2.0  # poisson noise: Gaussian read noise, in photons
+    augment: bool = True
+
+    def __post_init__(self):
+        _check_choice("data.noise", self.noise, NOISE_MODELS)
+        _check_choice("data.phase_scaling", self.phase_scaling, ("image", "crop"))
+        _check_positive("data.image_size", self.image_size)
+        for name in ("wavelength_um", "pixel_size_um", "defocus_um", "phase_max", "photons_per_pixel"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"data.{name}: must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Config:
+    task: str = "qpi"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self):
+        _check_choice("task", self.task, TASKS)
+
+    def replace(self, **sections) -> "Config":
+        """A copy with some fields changed: `cfg.replace(train={"steps": 10}, model={"schedule": "linear"})`."""
+        changes = {}
+        for name, value in sections.items():
+            if isinstance(value, dict):
+                changes[name] = dataclasses.replace(getattr(self, name), **value)
+            else:
+                changes[name] = value
+        return dataclasses.replace(self, **changes)
+
+
+# === Reading ===
+
+
+def from_dict(data: dict, source: str = "config") -> Config:
+    """Build a Config from nested dicts, rejecting unknown keys and values of the wrong type (naming the key)."""
+    return _build(Config, data, prefix="", source=source)
+
+
+def load_config(path) -> Config:
+    """Read a TOML config file. Errors name the file and the key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read config ({err})") from None
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(f"{path}: not valid TOML ({err})") from None
+    return from_dict(data, source=str(path))
+
+
+def default_config(task: str) -> Config:
+    """The shipped config for a task (`configs/<task>.toml`)."""
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+    text = resources.files("cvdm_tf.configs").joinpath(f"{task}.toml").read_text()
+    return from_dict(tomllib.loads(text), source=f"configs/{task}.toml")
+
+
+def _build(cls, data, prefix, source):
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: [{prefix.rstrip('.')}] must be a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise InputError(f"{source}: unknown key '{prefix}{key}' (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for key, value in data.items():
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = _build(kind, value, prefix=f"{prefix}{key}.", source=source)
+        else:
+            kwargs[key] = _coerce(value, kind, f"{prefix}{key}", source)
+    try:
+        return cls(**kwargs)
+    except InputError as err:
+        raise InputError(f"{source}: {err}") from None
+
+
+def _coerce(value, kind, key, source):
+    # bool is a subclass of int in Python: never accept it for a number, nor a number for a bool.
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[kind]
+    if not ok:
+        raise InputError(f"{source}: key '{key}' must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    return kind(value)
+
+
+def _check_choice(key, value, choices):
+    if value not in choices:
+        raise InputError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _check_positive(key, value):
+    if value <= 0:
+        raise InputError(f"{key}: must be > 0, got {value}")
+
+
+# === Writing ===
+
+
+def dump_config(config: Config) -> str:
+    """TOML text of a config (scalars only, so a tiny writer suffices and round-trips through tomllib)."""
+    lines = [f"task = {_toml_value(config.task)}"]
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        lines.append(f"\n[{section.name}]")
+        for item in dataclasses.fields(value):
+            lines.append(f"{item.name} = {_toml_value(getattr(value, item.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def as_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+

@@ -1,0 +1,198 @@
+"""CVDM(keras.Model): wires the schedule, the denoiser (and the optional mean network) to the regularised loss.
+
+The model owns no diffusion math of its own: the loss terms come from `losses`, the schedule from `schedules`,
+sampling from `sampler`. `train_step` / `test_step` follow the Keras 3 contract (TensorFlow backend), so
+`model.fit(dataset)` trains it and logs every loss term as a metric. Data are `(y, x)` pairs: condition, target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from cvdm_tf import losses
+from cvdm_tf.config import LossConfig, ModelConfig
+from cvdm_tf.networks import unet
+from cvdm_tf.schedules import make_schedule
+
+LOSS_TERMS = ("diffusion", "consistency", "prior", "smoothness")
+
+
+@keras.saving.register_keras_serializable(package="cvdm_tf")
+class CVDM(keras.Model):
+    """Conditional Variational Diffusion Model (Della Maggiora et al., ICLR 2024).
+
+    Args:
+        model_config: ModelConfig or dict. Networks and schedule kind.
+        loss_config: LossConfig or dict. Weights w and alpha of the regularised loss.
+        boundary_steps: int. T used for the boundary conditions of L_beta, evaluated at t = 1/T and 1 - 1/T as
+            in the reference (the sampler's grid starts at 1/T).
+        seed: int. Seed of the model's random stream (t and eps of the training step); its state is a variable,
+            so a restored checkpoint continues the same stream.
+
+    Example:
+        model = CVDM(ModelConfig(condition_channels=2, target_channels=1))
+        model.compile(optimizer=keras.optimizers.Adam(1e-4, use_ema=True))
+        model.fit(dataset_of_y_x_pairs, steps_per_epoch=100)
+
+    References:
+        Della Maggiora, Croquevielle, Deshpande, Horsley, Heinis, Yakimovich. Conditional Variational Diffusion
+        Models. ICLR 2024.
+    """
+
+    def __init__(self, model_config=None, loss_config=None, boundary_steps: int = 200, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(model_config, dict) or model_config is None:
+            model_config = ModelConfig(**(model_config or {}))
+        if isinstance(loss_config, dict) or loss_config is None:
+            loss_config = LossConfig(**(loss_config or {}))
+        self.model_config = model_config
+        self.loss_config = loss_config
+        self.boundary_steps = boundary_steps
+        self.seed = seed
+        c = model_config
+
+        # === Layers ===
+        self.schedule = make_schedule(c)
+        self.denoiser = unet(
+            2 * c.target_channels + c.condition_channels, c.target_channels, c.base_filters, c.depth,
+            c.kernel_size, c.blocks_per_level, c.norm, name="denoiser",
+        )
+        self.mean_net = None
+        if c.zero_mean:
+            self.mean_net = unet(
+                c.condition_channels, c.target_channels, c.base_filters, c.depth, c.kernel_size,
+                c.blocks_per_level, c.norm, name="mean_net",
+            )
+        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
+
+        # === Metrics ===
+        names = ("loss",) + LOSS_TERMS + (("mean",) if c.zero_mean else ())
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    # --- the denoiser contract ---
+    def call(self, inputs):
+        """eps_hat(z_t, y, gamma): the noise prediction, from `(z_t, y, gamma)`."""
+        z_t, y, gamma = inputs
+        return self.denoiser(tf.concat([z_t, y, gamma], axis=-1))
+
+    def residual_target(self, x, y):
+        """Under zero-mean diffusion the diffusion models (x - E[x|y]) * residual_scale; else x itself."""
+        if self.mean_net is None:
+            return x, None
+        mean = self.mean_net(y)
+        # The mean network learns from its own loss only; the diffusion sees it as a fixed offset.
+        residual = (x - tf.stop_gradient(mean)) * self.model_config.residual_scale
+        return residual, mean
+
+    # --- the loss ---
+    def loss_terms(self, y, x):
+        """The named terms of cvdm-math.md section 3 for a batch (y, x)."""
+        x0, mean = self.residual_target(x, y)
+        batch = tf.shape(x0)[0]
+        # 1. Draw one t per example and the noise.
+        t = keras.random.uniform((batch, 1), seed=self.seed_generator)
+        eps = keras.random.normal(tf.shape(x0), seed=self.seed_generator)
+        # 2. The schedule at t, with its time derivatives by autodiff.
+        tau = self.schedule.tau(y)
+        gamma, dgamma, d2gamma = losses.time_derivatives(self.schedule, t, tau)
+        beta = self.schedule.beta(t, tau)
+        # 3. Diffuse and predict the noise; gradients reach the schedule through z_t and the gamma input.
+        z_t = tf.sqrt(gamma) * x0 + tf.sqrt(tf.maximum(1.0 - gamma, 0.0)) * eps
+        eps_hat = self((z_t, y, gamma))
+        # 4. Boundary values and the end of the forward process.
+        ones = tf.ones_like(t)
+        step = 1.0 / self.boundary_steps
+        gamma_start = self.schedule.gamma(ones * step, tau)
+        gamma_end = self.schedule.gamma(ones * (1.0 - step), tau)
+        log_gamma_1 = self.schedule.log_gamma(ones, tau)
+        terms = {
+            "diffusion": losses.diffusion_loss(eps, eps_hat),
+            "consistency": losses.consistency_loss(dgamma, beta, gamma, gamma_start, gamma_end),
+            "prior": losses.prior_loss(x0, log_gamma_1),
+            "smoothness": losses.smoothness_loss(d2gamma),
+        }
+        if mean is not None:
+            terms["mean"] = tf.reduce_mean(tf.square(x - mean))
+        return terms
+
+    def train_step(self, data):
+        y, x = data
+        with tf.GradientTape() as tape:
+            terms = self.loss_terms(y, x)
+            loss = losses.total_loss(terms, self.loss_config.w, self.loss_config.alpha)
+        variables = self.trainable_variables
+        gradients = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        self.optimizer.apply(gradients, variables)
+        return self._record(loss, terms)
+
+    def test_step(self, data):
+        y, x = data
+        terms = self.loss_terms(y, x)
+        loss = losses.total_loss(terms, self.loss_config.w, self.loss_config.alpha)
+        return self._record(loss, terms)
+
+    def _record(self, loss, terms):
+        self.trackers["loss"].update_state(loss)
+        for name, value in terms.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    # === Config ===
+    def get_config(self):
+        return {
+            "name": self.name,
+            "model_config": dataclasses.asdict(self.model_config),
+            "loss_config": dataclasses.asdict(self.loss_config),
+            "boundary_steps": self.boundary_steps,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def build(self, input_shape=None):
+        # Every part is built in __init__ (functional U-Nets, time networks), so weights exist before loading.
+        self.built = True
+
+
+def build_model(config) -> CVDM:
+    """The CVDM of a full `Config` (boundary steps = the sampler's T)."""
+    return CVDM(config.model, config.loss, boundary_steps=config.sampler.steps, seed=config.train.seed,
+                name="cvdm")
+
+
+def make_optimizer(train_config) -> keras.optimizers.Optimizer:
+    """Adam with an exponential moving average of the weights, kept for sampling (`ema_weights`)."""
+    return keras.optimizers.Adam(
+        learning_rate=train_config.learning_rate,
+        use_ema=train_config.ema_momentum > 0,
+        ema_momentum=train_config.ema_momentum or 0.99,
+    )
+
+
+@contextlib.contextmanager
+def ema_weights(model: keras.Model):
+    """Temporarily swap the optimizer's moving averages into the model's trainable weights (for sampling)."""
+    optimizer = getattr(model, "optimizer", None)
+    averages = getattr(optimizer, "_model_variables_moving_average", None)
+    if not getattr(optimizer, "use_ema", False) or not averages or not optimizer.built:
+        yield model
+        return
+    variables = model.trainable_variables
+    saved = [v.numpy() for v in variables]
+    try:
+        for variable in variables:
+            variable.assign(averages[optimizer._get_variable_index(variable)])
+        yield model
+    finally:
+        for variable, value in zip(variables, saved):
+            variable.assign(value)

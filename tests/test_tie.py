@@ -1,0 +1,200 @@
+"""The TIE baseline against known phases simulated with the Fresnel model (cvdm-math.md section 6)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cvdm_tf.errors import InputError
+from cvdm_tf.physics.fresnel import two_shot_intensities
+from cvdm_tf.physics.tie import tie_dct, tie_fft, tune_regularization
+
+# Small enough to leave the large-scale phase alone on <= 128 px images (cut-off period ~ 2 pi / 1e-9^0.25 px).
+NOISE_FREE_REG = 1e-9
+
+
+def _offset_free(phase):
+    return phase - phase.mean(axis=(-2, -1), keepdims=True)
+
+
+def _mae(estimate, truth):
+    return float(np.mean(np.abs(_offset_free(np.asarray(estimate, np.float64)) - _offset_free(truth))))
+
+
+def _cells(height, width, blobs, peak_rad):
+    """Smooth cell-like phase: Gaussians (y, x, sigma in px, weight), wrapped so the phase is periodic."""
+    y_px, x_px = np.mgrid[0:height, 0:width].astype(np.float64)
+    phase = np.zeros((height, width))
+    for cy, cx, sigma, weight in blobs:
+        dy = (y_px - cy + height / 2) % height - height / 2
+        dx = (x_px - cx + width / 2) % width - width / 2
+        phase += weight * np.exp(-(dx**2 + dy**2) / (2 * sigma**2))
+    return peak_rad * phase / phase.max()
+
+
+# Cells at least 3.5 sigma from the borders: the phase is flat there, so both periodic (FFT) and reflective (DCT)
+# boundaries are right, and both solvers can be held to the same accuracy.
+CELLS_A = [(30, 40, 8, 1.0), (60, 85, 10, 0.8), (35, 100, 6, 0.6), (62, 35, 7, 0.7)]
+CELLS_B = [(48, 64, 12, 1.0), (25, 25, 6, 0.5), (60, 100, 8, 0.9)]
+
+
+@pytest.fixture(scope="module")
+def cell_pair():
+    """Two 96 x 128 cell-like phases (peak 2.5 and 1.5 rad) and their noise-free float32 intensity pairs."""
+    phases = np.stack([_cells(96, 128, CELLS_A, 2.5), _cells(96, 128, CELLS_B, 1.5)]).astype(np.float32)
+    return phases, two_shot_intensities(phases).numpy()
+
+
+# --- Accuracy on smooth cell-like phases ------------------------------------------------------------------------
+
+
+def test_tie_fft_recovers_cell_phase(cell_pair):
+    phases, intensities = cell_pair
+    estimate = tie_fft(intensities, regularization=NOISE_FREE_REG).numpy()
+    assert estimate.shape == phases.shape and estimate.dtype == np.float32
+    # Measured 7e-5 rad. A missing factor 2 in 2 dz, or k = 1 / lam instead of 2 pi / lam, is off by > 0.1 rad.
+    assert _mae(estimate, phases) < 2e-3
+    # Scale and sign: least-squares slope of estimate on truth is 1 (a wrong k or dz scales it, a sign flips it).
+    truth = _offset_free(phases.astype(np.float64)).ravel()
+    slope = np.dot(_offset_free(estimate).ravel(), truth) / np.dot(truth, truth)
+    assert abs(slope - 1.0) < 0.01
+
+
+def test_tie_sign_correlates_with_truth(cell_pair):
+    phases, intensities = cell_pair
+    for estimate in (tie_fft(intensities).numpy(), tie_dct(intensities).numpy()):
+        for i in range(len(phases)):
+            correlation = np.corrcoef(estimate[i].ravel(), phases[i].ravel())[0, 1]
+            assert correlation > 0.99
+
+
+def test_default_regularization_is_usable(cell_pair):
+    # The default (1e-6) trades some large-scale phase for noise robustness; it must still be a good estimate.
+    phases, intensities = cell_pair
+    assert _mae(tie_fft(intensities).numpy(), phases) < 0.05  # measured 0.016
+
+
+# --- Boundaries ----------------------------------------------------------------------------------------------
+
+
+def _non_periodic_crop(size_px=64):
+    """A camera crop: a smooth phase step (tanh, 1.5 rad, flat at the borders) rising along x plus a bump.
+
+    Simulated on a 4x wider periodic grid (step up in the crop, down far outside it), then cropped, so the
+    intensities are free of simulation artefacts while the cropped phase is not periodic.
+    """
+    width = 4 * size_px
+    y_px, x_px = np.mgrid[0:size_px, 0:width].astype(np.float64)
+    left, step_width = size_px, size_px / 8
+    rise_px, fall_px = left + size_px / 2, 3 * left + size_px / 2
+    step = 0.75 * (np.tanh((x_px - rise_px) / step_width) - np.tanh((x_px - fall_px) / step_width))
+    r2_px2 = (x_px - left - 0.3 * size_px) ** 2 + (y_px - 0.6 * size_px) ** 2
+    bump = 1.2 * np.exp(-r2_px2 / (2 * (size_px / 16) ** 2))
+    phase = (step + bump).astype(np.float32)
+    intensities = two_shot_intensities(phase).numpy()
+    return phase[:, left : left + size_px], intensities[:, left : left + size_px]
+
+
+def test_tie_dct_recovers_cell_phase(cell_pair):
+    # Measured 7e-3 rad: the cells' Gaussian tails still carry a little phase flux through the borders,
+    # which reflective boundaries assume to be zero.
+    phases, intensities = cell_pair
+    assert _mae(tie_dct(intensities, regularization=NOISE_FREE_REG).numpy(), phases) < 2e-2
+
+
+def test_tie_dct_beats_fft_on_non_periodic_phase():
+    phase, intensities = _non_periodic_crop()
+    candidates = [1e-10, 1e-8, 1e-6]  # each solver at its best, so the comparison is about boundaries only
+    _, fft_table = tune_regularization(intensities, phase, solver="fft", candidates=candidates)
+    _, dct_table = tune_regularization(intensities, phase, solver="dct", candidates=candidates)
+    fft_error, dct_error = min(fft_table.values()), min(dct_table.values())
+    # Measured at 64 px: DCT 0.003 rad, FFT 0.37 rad (the periodic solver must make opposite edges equal).
+    assert dct_error < 0.02
+    assert dct_error * 20 < fft_error
+
+
+def test_tie_dct_equals_mirror_padded_fft(rng):
+    intensities = 1.0 + 0.05 * rng.normal(size=(2, 24, 40, 2)).astype(np.float32)
+    mirrored = np.concatenate([intensities, intensities[:, ::-1]], axis=1)
+    mirrored = np.concatenate([mirrored, mirrored[:, :, ::-1]], axis=2)
+    via_fft = tie_fft(mirrored, regularization=1e-4).numpy()[:, :24, :40]
+    np.testing.assert_allclose(tie_dct(intensities, regularization=1e-4).numpy(), via_fft, atol=1e-4)
+
+
+# --- Regularisation ------------------------------------------------------------------------------------------
+
+
+def _band_power(images, kappa_low, kappa_high):
+    """Mean spectral power at kappa_low < kappa < kappa_high rad / px."""
+    height, width = images.shape[-2:]
+    kappa = 2 * np.pi * np.hypot(*np.meshgrid(np.fft.fftfreq(width), np.fft.fftfreq(height)))
+    band = (kappa > kappa_low) & (kappa < kappa_high)
+    return float(np.mean(np.abs(np.fft.fft2(images))[..., band] ** 2))
+
+
+def test_regularization_suppresses_low_frequency_noise(rng):
+    # Flat phase, noisy intensities: everything the solver returns is noise, amplified by 1 / kappa^2.
+    intensities = (1.0 + 0.05 * rng.normal(size=(2, 128, 128, 2))).astype(np.float32)
+    estimates = [tie_fft(intensities, regularization=r).numpy() for r in (1e-9, 1e-6, 1e-4, 1e-2)]
+    low = [_band_power(e, 0.0, 0.1) for e in estimates]  # the lowest rings, kappa^4 ~ 1e-5 .. 1e-4
+    high = [_band_power(e, 1.0, 10.0) for e in estimates]
+    assert all(stronger < weaker for weaker, stronger in zip(low, low[1:]))
+    assert low[2] < low[0] / 50  # measured / 58
+    # ... while the high frequencies, where 1 / kappa^2 is small, are left alone.
+    assert high[2] == pytest.approx(high[0], rel=1e-2)
+
+
+def test_tune_regularization_returns_grid_minimum(cell_pair, rng):
+    phases, intensities = cell_pair
+    noisy = (intensities + 0.1 * rng.normal(size=intensities.shape)).astype(np.float32)
+    best, table = tune_regularization(noisy, phases)
+    assert len(table) == 25 and min(table) == pytest.approx(1e-12) and max(table) == pytest.approx(1.0)
+    assert table[best] == min(table.values())
+    # On noisy data the best weight is interior: better than no damping and than damping everything.
+    # Measured: 0.16 rad at 1e-5, against 0.22 at 1e-12 and 0.27 at 1.
+    assert table[best] < 0.9 * table[min(table)]
+    assert table[best] < 0.8 * table[max(table)]
+
+
+def test_tune_regularization_rejects_unknown_solver(cell_pair):
+    phases, intensities = cell_pair
+    with pytest.raises(InputError):
+        tune_regularization(intensities, phases, solver="teague")
+    with pytest.raises(InputError):
+        tune_regularization(intensities, phases, defocus=1.0)
+
+
+# --- Batching, dtype, graph mode -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", [tie_fft, tie_dct])
+def test_batched_equals_per_image_and_zero_mean(solver, cell_pair):
+    phases, intensities = cell_pair
+    batched = solver(intensities[np.newaxis]).numpy()  # [1, 2, H, W]: any number of leading axes
+    assert batched.shape == (1,) + phases.shape
+    for i in range(len(phases)):
+        np.testing.assert_allclose(batched[0, i], solver(intensities[i]).numpy(), atol=1e-5)
+    np.testing.assert_allclose(batched.mean(axis=(-2, -1)), 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver, bound_rad", [(tie_fft, 2e-3), (tie_dct, 2e-2)])
+def test_float64_in_float64_out(solver, bound_rad, cell_pair):
+    phases, intensities = cell_pair
+    estimate = solver(intensities.astype(np.float64), regularization=NOISE_FREE_REG).numpy()
+    assert estimate.dtype == np.float64
+    assert _mae(estimate, phases) < bound_rad
+
+
+@pytest.mark.parametrize("solver", [tie_fft, tie_dct])
+def test_tie_in_tf_function_and_tf_data(solver, rng):
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 2], tf.float32)])
+    def retrieve(intensities):
+        return solver(intensities, defocus_um=tf.constant(1.0), regularization=tf.constant(1e-6))
+
+    for shape in [(2, 32, 48, 2), (1, 40, 24, 2)]:
+        intensities = (1.0 + 0.05 * rng.normal(size=shape)).astype(np.float32)
+        np.testing.assert_allclose(retrieve(intensities).numpy(), solver(intensities).numpy(), atol=1e-5)
+
+    phases = rng.uniform(0, 1, (2, 32, 32)).astype(np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices(phases).map(lambda p: solver(two_shot_intensities(p)))
+    for phase, estimate in zip(phases, dataset):
+        np.testing.assert_allclose(estimate.numpy(), solver(two_shot_intensities(phase)).numpy(), atol=1e-5)
