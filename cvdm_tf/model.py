@@ -120,7 +120,7 @@ class CVDM(keras.Model):
         return terms
 
     def train_step(self, data):
-        y, x = data
+        y, x, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             terms = self.loss_terms(y, x)
             loss = losses.total_loss(terms, self.loss_config.w, self.loss_config.alpha)
@@ -130,7 +130,7 @@ class CVDM(keras.Model):
         return self._record(loss, terms)
 
     def test_step(self, data):
-        y, x = data
+        y, x, _ = keras.utils.unpack_x_y_sample_weight(data)
         terms = self.loss_terms(y, x)
         loss = losses.total_loss(terms, self.loss_config.w, self.loss_config.alpha)
         return self._record(loss, terms)
