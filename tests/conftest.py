@@ -13,3 +13,29 @@ import pytest  # noqa: E402
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+TINY_QPI = {
+    "model": dict(base_filters=4, depth=2, tau_base_filters=4, tau_depth=1, time_units=4),
+    "train": dict(steps=6, batch_size=2, log_every=2, checkpoint_every=3, preview_every=3),
+    "sampler": dict(steps=5, samples=2),
+    "data": dict(image_size=16),
+}
+
+
+def tiny_qpi_config(**sections):
+    """A QPI config small enough to train in seconds (sections override TINY_QPI)."""
+    from cvdm_tf.config import default_config
+
+    merged = {name: {**TINY_QPI.get(name, {}), **sections.get(name, {})} for name in {*TINY_QPI, *sections}}
+    return default_config("qpi").replace(**merged)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A run folder trained for 6 steps on 16 px crops: what infer/export/eval tests use as --model."""
+    from cvdm_tf.runs import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny_qpi_config(), out)
+    return out

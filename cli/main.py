@@ -1,0 +1,154 @@
+"""`cvdm-tf`: train, simulate, infer, export, eval. Each command parses its arguments and calls one library function.
+
+TensorFlow is imported lazily and quietly (its start-up logging and CUDA probes go to /dev/null unless
+--verbose), so `cvdm-tf --help` is instant and a run's output is for people. A user error (`InputError`) prints
+one line `error: ...` and exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from cvdm_tf.errors import InputError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up logs bypass Python's sys.stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def start_tensorflow(verbose: bool):
+    """Import TensorFlow (and probe its devices) quietly unless `verbose`."""
+    if verbose:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _stderr_silenced():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+        tf.get_logger().setLevel("ERROR")
+    import warnings
+
+    warnings.filterwarnings("ignore", module="keras")
+    warnings.filterwarnings("ignore", module="tensorflow")
+
+
+def command(function):
+    """Start TensorFlow per --verbose; turn user errors into one line and exit code 2."""
+
+    @functools.wraps(function)
+    def wrapper(*args, verbose=False, **kwargs):
+        try:
+            start_tensorflow(verbose)
+            return function(*args, **kwargs)
+        except InputError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            sys.exit(EXIT_INTERRUPTED)
+
+    return click.option("--verbose", is_flag=True, help="Show TensorFlow's own logging.")(wrapper)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cvdm-tf")
+def main():
+    """Conditional Variational Diffusion Models for inverse problems in imaging."""
+
+
+TASK = click.option("--task", default="qpi", show_default=True, help="The inverse problem (qpi).")
+
+
+# === train ===
+
+
+@main.command()
+@TASK
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default: configs/TASK.toml).")
+@click.option("--data", help="Training images: a folder (recursive), an image or a .npy/.npz stack. Default: embedded.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder (default: runs/TASK-TIMESTAMP).")
+@click.option("--steps", type=int, help="Total training steps (also when resuming).")
+@click.option("--batch-size", type=int)
+@click.option("--image-size", type=int, help="Training crop size in pixels.")
+@click.option("--schedule", type=click.Choice(["learned", "learned-global", "linear", "cosine"]))
+@click.option("--seed", type=int)
+@click.option("--checkpoint-every", type=int)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@command
+def train(task, config_path, data, out, steps, batch_size, image_size, schedule, seed, checkpoint_every, resume):
+    """Train a CVDM. With no option: the QPI task on the images embedded in scikit-image."""
+    from cvdm_tf.config import default_config, load_config
+    from cvdm_tf.runs import TrainingError, train as run_training
+
+    if resume and not out:
+        raise InputError("--resume needs --out RUN_FOLDER (the run to continue)")
+    config = load_config(config_path) if config_path else default_config(task)
+    if config_path and config.task != task and task != "qpi":
+        raise InputError(f"{config_path}: config is for task {config.task!r}, not {task!r}")
+    changes = {
+        "train": {k: v for k, v in dict(steps=steps, batch_size=batch_size, seed=seed,
+                                        checkpoint_every=checkpoint_every).items() if v is not None},
+        "data": {k: v for k, v in dict(source=data, image_size=image_size).items() if v is not None},
+        "model": {"schedule": schedule} if schedule else {},
+    }
+    try:
+        config = config.replace(**changes)
+    except InputError as err:
+        raise InputError(f"option: {err}") from None
+    out = Path(out) if out else Path("runs") / f"{config.task}-{datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        run_training(config, out, resume=resume)
+    except TrainingError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+
+
+# === simulate ===
+
+
+@main.command()
+@TASK
+@click.option("--input", "input_path", required=True, type=click.Path(), help="Ground-truth image(s): file or folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--noise", type=click.Choice(["none", "paper", "poisson"]), default="none", show_default=True)
+@click.option("--defocus", type=float, default=1.0, show_default=True, help="Defocus dz in micrometres.")
+@click.option("--wavelength", type=float, default=0.521, show_default=True, help="Wavelength in micrometres.")
+@click.option("--pixel-size", type=float, default=0.21, show_default=True, help="Pixel size in micrometres.")
+@click.option("--phase-max", type=float, default=3.5, show_default=True, help="Phase of an integer image's maximum.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@command
+def simulate(task, input_path, out, noise, defocus, wavelength, pixel_size, phase_max, seed):
+    """Make measurements from ground truth: NAME.tif (raw I(-dz), I(+dz)) and NAME_phase.tif (radians)."""
+    from cvdm_tf.simulate import simulate_folder
+
+    count = simulate_folder(task, input_path, out, noise=noise, defocus_um=defocus, wavelength_um=wavelength,
+                            pixel_size_um=pixel_size, phase_max=phase_max, seed=seed)
+    click.echo(f"wrote {count} simulated measurement(s) to {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
