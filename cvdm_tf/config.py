@@ -31,6 +31,7 @@ SCHEDULES = ("learned", "learned-global", "linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
 NOISE_MODELS = ("paper", "poisson", "none")
 NORMS = ("none", "instance", "group")
+MEANS = ("none", "network", "condition")
 TASKS = ("qpi",)
 
 
@@ -55,13 +56,16 @@ class ModelConfig:
     beta_min: float = 0.1
     beta_max: float = 20.0
     cosine_offset: float = 0.008
-    # Zero-mean diffusion: a mean network predicts E[x | y]; the diffusion models (x - mean) * residual_scale.
-    zero_mean: bool = False
+    # What the diffusion models: x itself ("none"), or the residual (x - mean) * residual_scale around a mean
+    # from a network trained to predict E[x | y] ("network": the reference's zero-mean diffusion) or from the last
+    # condition channel ("condition": e.g. the classical TIE estimate, so that doing nothing is already TIE).
+    mean: str = "none"
     residual_scale: float = 1.0
 
     def __post_init__(self):
         _check_choice("model.schedule", self.schedule, SCHEDULES)
         _check_choice("model.norm", self.norm, NORMS)
+        _check_choice("model.mean", self.mean, MEANS)
         for name in ("condition_channels", "target_channels", "base_filters", "depth", "kernel_size",
                      "blocks_per_level", "tau_base_filters", "tau_depth", "time_units"):
             _check_positive(f"model.{name}", getattr(self, name))
@@ -135,6 +139,10 @@ class DataConfig:
     photons_per_pixel: float = 1000.0  # poisson noise
     read_noise: float = 2.0  # poisson noise: Gaussian read noise, in photons
     augment: bool = True
+    # QPI: give the network the classical FFT-TIE phase as an extra condition channel (physics-informed
+    # conditioning; with model.mean = "condition" the diffusion learns the correction to TIE).
+    tie_channel: bool = False
+    tie_regularization: float = 1e-5
 
     def __post_init__(self):
         _check_choice("data.noise", self.noise, NOISE_MODELS)

@@ -62,7 +62,7 @@ class CVDM(keras.Model):
             c.kernel_size, c.blocks_per_level, c.norm, name="denoiser",
         )
         self.mean_net = None
-        if c.zero_mean:
+        if c.mean == "network":
             self.mean_net = unet(
                 c.condition_channels, c.target_channels, c.base_filters, c.depth, c.kernel_size,
                 c.blocks_per_level, c.norm, name="mean_net",
@@ -70,8 +70,10 @@ class CVDM(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
 
         # === Metrics ===
-        names = ("loss",) + LOSS_TERMS + (("mean",) if c.zero_mean else ())
+        names = ("loss",) + LOSS_TERMS + (("mean",) if self.mean_net is not None else ())
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        # Every part is built above (functional U-Nets, time networks), so weights exist before any call or load.
+        self.built = True
 
     # --- the denoiser contract ---
     def call(self, inputs):
@@ -79,12 +81,20 @@ class CVDM(keras.Model):
         z_t, y, gamma = inputs
         return self.denoiser(tf.concat([z_t, y, gamma], axis=-1))
 
+    def prior_mean(self, y):
+        """The mean the diffusion works around: E[x|y] from the mean network, the last condition channel, or None."""
+        if self.mean_net is not None:
+            return self.mean_net(y)
+        if self.model_config.mean == "condition":
+            return y[..., -self.model_config.target_channels:]
+        return None
+
     def residual_target(self, x, y):
-        """Under zero-mean diffusion the diffusion models (x - E[x|y]) * residual_scale; else x itself."""
-        if self.mean_net is None:
+        """What the diffusion models: (x - mean) * residual_scale around `prior_mean`, or x itself."""
+        mean = self.prior_mean(y)
+        if mean is None:
             return x, None
-        mean = self.mean_net(y)
-        # The mean network learns from its own loss only; the diffusion sees it as a fixed offset.
+        # A mean network learns from its own loss only; the diffusion sees it as a fixed offset.
         residual = (x - tf.stop_gradient(mean)) * self.model_config.residual_scale
         return residual, mean
 
@@ -115,7 +125,7 @@ class CVDM(keras.Model):
             "prior": losses.prior_loss(x0, log_gamma_1),
             "smoothness": losses.smoothness_loss(d2gamma),
         }
-        if mean is not None:
+        if self.mean_net is not None:
             terms["mean"] = tf.reduce_mean(tf.square(x - mean))
         return terms
 
@@ -160,7 +170,6 @@ class CVDM(keras.Model):
         return cls(**config)
 
     def build(self, input_shape=None):
-        # Every part is built in __init__ (functional U-Nets, time networks), so weights exist before loading.
         self.built = True
 
 

@@ -120,8 +120,9 @@ class Sampler(tf.Module):
         )
 
         x = x_hat
-        if model.mean_net is not None:
-            x = x / model.model_config.residual_scale + tf.repeat(model.mean_net(y), samples, axis=0)
+        mean = model.prior_mean(y)
+        if mean is not None:
+            x = x / model.model_config.residual_scale + tf.repeat(mean, samples, axis=0)
         height, width = tf.shape(x)[1], tf.shape(x)[2]
         x = tf.reshape(x, [batch, samples, height, width, -1])
         mean = tf.reduce_mean(x, axis=1)

@@ -57,7 +57,7 @@ def test_every_schedule_kind_trains(kind):
 
 
 def test_zero_mean_diffusion_trains_its_mean_network():
-    config = tiny_config(zero_mean=True)
+    config = tiny_config(mean="network")
     model = build_model(config)
     model.compile(optimizer=make_optimizer(config.train))
     y, x = fixed_batch()
@@ -65,6 +65,15 @@ def test_zero_mean_diffusion_trains_its_mean_network():
     assert history.history["mean"][-1] < history.history["mean"][0]
     out = Sampler(model)(y[:1], steps=5, samples=2)
     assert out["mean"].shape == (1, 16, 16, 1)
+
+
+def test_condition_mean_diffusion_models_the_residual_around_the_last_channel():
+    config = tiny_config(mean="condition", residual_scale=4.0)
+    model = build_model(config)
+    y, x = fixed_batch()
+    np.testing.assert_array_equal(model.prior_mean(y).numpy(), y[..., -1:])
+    residual, _ = model.residual_target(x, y)
+    np.testing.assert_allclose(residual.numpy(), (x - y[..., -1:]) * 4.0, rtol=1e-6)
 
 
 def test_sampler_contract(trained):

@@ -16,8 +16,10 @@ class ExactGaussianModel(tf.Module):
         super().__init__()
         self.model_config = ModelConfig(schedule=kind, depth=1, tau_depth=1, condition_channels=1)
         self.schedule = make_schedule(self.model_config)
-        self.mean_net = None
         self.mu, self.s = mu, s
+
+    def prior_mean(self, y):
+        return None
 
     def __call__(self, inputs):
         z, _, g = inputs

@@ -11,7 +11,12 @@ QPI (cvdm-math.md section 6), in order:
        counts at `photons_per_pixel` plus Gaussian read noise), or `none`;
     4. normalisation: condition y = (I / mean(I) - 1) * CONDITION_GAIN (the pair divided by its own mean
        intensity, which removes the illumination level of a real microscope but keeps the contrast, the thing that
-       encodes the phase, and is the same for a 64 px crop and a 2048 px image); target x = 2 phi / phase_max - 1.
+       encodes the phase, and is the same for a 64 px crop and a 2048 px image); with `tie_channel`, a third
+       channel holds the FFT-TIE phase estimate in target units; target x = 2 (phi - mean(phi)) / phase_max.
+
+The target is offset-free: intensities determine the phase only up to a constant (TIE has the same gauge), so
+asking a network for the absolute offset of a crop would ask for something the measurement does not contain.
+Reconstructions are zero-mean phase maps in radians; compare them offset-free (cvdm_tf.metrics.offset_free).
 """
 
 from __future__ import annotations
@@ -33,12 +38,13 @@ class QPITask:
     """
 
     name = "qpi"
-    condition_channels = 2
     target_channels = 1
     target_unit = "rad"
 
     def __init__(self, data):
         self.data = data
+        self.condition_channels = 3 if data.tie_channel else 2
+        self.measurement_channels = 2
 
     # --- physics ---
     def measure(self, phase):
@@ -67,17 +73,23 @@ class QPITask:
 
     # --- units ---
     def normalize_condition(self, intensities):
-        """Raw intensities [..., H, W, 2] -> network condition y (per image: divided by its mean intensity)."""
+        """Raw intensities [..., H, W, 2] -> network condition y (per image: divided by its mean intensity;
+        plus the TIE phase in target units with `tie_channel`). Apply it to whole images, before any tiling."""
         mean = tf.reduce_mean(intensities, axis=[-3, -2, -1], keepdims=True)
-        return (intensities / tf.maximum(mean, 1e-6) - 1.0) * CONDITION_GAIN
+        y = (intensities / tf.maximum(mean, 1e-6) - 1.0) * CONDITION_GAIN
+        if self.data.tie_channel:
+            tie = self.baseline(intensities, self.data.tie_regularization)
+            y = tf.concat([y, 2.0 * tie / self.data.phase_max], axis=-1)
+        return y
 
     def normalize_target(self, phase):
-        """phase [..., H, W] radians -> x [..., H, W, 1] in [-1, 1]."""
-        return (2.0 * phase / self.data.phase_max - 1.0)[..., None]
+        """phase [..., H, W] radians -> x [..., H, W, 1], offset-free: 2 (phi - mean(phi)) / phase_max."""
+        phase = phase - tf.reduce_mean(phase, axis=[-2, -1], keepdims=True)
+        return (2.0 * phase / self.data.phase_max)[..., None]
 
     def denormalize_target(self, x):
-        """x [..., H, W, 1] -> phase in radians [..., H, W, 1]."""
-        return (x + 1.0) * (self.data.phase_max / 2.0)
+        """x [..., H, W, 1] -> phase in radians [..., H, W, 1] (zero-mean: phase is known up to a constant)."""
+        return x * (self.data.phase_max / 2.0)
 
     def denormalize_spread(self, std):
         """A standard deviation in x units -> radians."""

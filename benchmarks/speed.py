@@ -1,0 +1,99 @@
+"""Speed of training and sampling with the default QPI config; prints a table and writes JSON.
+
+    python benchmarks/speed.py [--repeats 3] [--steps 200] [--json benchmarks/speed.json]
+
+Measures (minimum and median of --repeats runs, wall and CPU seconds, since a shared machine is noisy):
+- ms per training step (64 x 64, batch 8, default config);
+- seconds per sampled image at 64 x 64 and 256 x 256, T steps, K = 1 and K = 8 samples per condition;
+- one denoiser forward pass on the same batch, so the sampler's cost can be compared to T x forward
+  (the sampler's overhead beyond the denoiser is the time networks and the update arithmetic per step);
+- peak resident memory of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from cvdm_tf.config import default_config  # noqa: E402
+from cvdm_tf.model import build_model, make_optimizer  # noqa: E402
+from cvdm_tf.runs import resolve_config  # noqa: E402
+from cvdm_tf.sampler import Sampler  # noqa: E402
+
+
+def timed(function, repeats):
+    function()  # warm-up: tracing and first-call allocation
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        function()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return {"wall_min": min(walls), "wall_median": statistics.median(walls), "cpu_median": statistics.median(cpus)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=200, help="sampling steps T")
+    parser.add_argument("--train-steps", type=int, default=20, help="training steps per timed run")
+    parser.add_argument("--sizes", default="64,256")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+
+    config = resolve_config(default_config("qpi"))
+    model = build_model(config)
+    model.compile(optimizer=make_optimizer(config.train))
+    channels = config.model.condition_channels
+    rng = np.random.default_rng(0)
+    rows = []
+
+    y = tf.constant(rng.normal(size=(8, 64, 64, channels)), tf.float32)
+    x = tf.constant(rng.uniform(-1, 1, (8, 64, 64, 1)), tf.float32)
+    step = tf.function(model.train_step)
+
+    def train():
+        for _ in range(args.train_steps):
+            step((y, x))
+
+    t = timed(train, args.repeats)
+    rows.append(("train step, 64x64, batch 8", "ms/step", {k: 1000 * v / args.train_steps for k, v in t.items()}))
+
+    sampler = Sampler(model)
+    for size in (int(s) for s in args.sizes.split(",")):
+        condition = tf.constant(rng.normal(size=(1, size, size, channels)), tf.float32)
+        for samples in (1, 8):
+            z = tf.zeros([samples, size, size, 1])
+            forward = tf.function(lambda: model((z, tf.repeat(condition, samples, 0), z + 0.5)))
+            f = timed(forward, args.repeats)
+            s = timed(lambda: sampler(condition, steps=args.steps, samples=samples), args.repeats)
+            rows.append((f"sample {size}x{size}, T={args.steps}, K={samples}", "s/image", s))
+            rows.append((f"  denoiser forward x T, {size}x{size}, batch {samples}", "s/image",
+                         {k: v * args.steps for k, v in f.items()}))
+
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}"
+    print(f"\n{machine}; repeats {args.repeats}; peak RSS {peak_mib:.0f} MiB\n")
+    print("| what | unit | min (wall) | median (wall) | median (CPU) |")
+    print("|---|---|---|---|---|")
+    for name, unit, t in rows:
+        print(f"| {name} | {unit} | {t['wall_min']:.3g} | {t['wall_median']:.3g} | {t['cpu_median']:.3g} |")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"machine": machine, "peak_rss_mib": peak_mib,
+                       "rows": [{"what": n, "unit": u, **t} for n, u, t in rows]}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
