@@ -1,0 +1,64 @@
+"""The QPI task: units in and out, the TIE channel, the noise models' statistics."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cvdm_tf.config import DataConfig
+from cvdm_tf.data.phantoms import cell_phantoms
+from cvdm_tf.data.tasks import QPITask, make_task
+from cvdm_tf.errors import InputError
+
+
+def test_target_round_trip_is_offset_free():
+    task = QPITask(DataConfig())
+    phase = tf.constant(cell_phantoms(1, 32, seed=0)[0])
+    x = task.normalize_target(phase)
+    assert x.shape == (32, 32, 1)
+    assert abs(float(tf.reduce_mean(x))) < 1e-6
+    back = task.denormalize_target(x)[..., 0].numpy()
+    np.testing.assert_allclose(back, phase.numpy() - phase.numpy().mean(), atol=1e-5)
+
+
+def test_condition_is_invariant_to_illumination_level():
+    task = QPITask(DataConfig(tie_channel=True))
+    intensities = task.measure(tf.constant(cell_phantoms(1, 32, seed=1)[0]))
+    y1, y2 = task.normalize_condition(intensities), task.normalize_condition(7.5 * intensities)
+    assert y1.shape == (32, 32, 3)
+    np.testing.assert_allclose(y1.numpy(), y2.numpy(), atol=1e-4)
+
+
+def test_tie_channel_is_the_baseline_in_target_units():
+    data = DataConfig(tie_channel=True, tie_regularization=1e-9)
+    task = QPITask(data)
+    phase = tf.constant(cell_phantoms(1, 64, seed=2)[0])
+    y = task.normalize_condition(task.measure(phase))
+    tie_phase = task.denormalize_target(y[..., 2:])[..., 0].numpy()
+    truth = phase.numpy() - phase.numpy().mean()
+    assert np.mean(np.abs(tie_phase - truth)) < 0.03  # noise-free periodic simulation: TIE is nearly exact (0.013)
+    assert make_task("qpi", data).condition_channels == 3
+    assert make_task("qpi", DataConfig()).condition_channels == 2
+
+
+@pytest.mark.parametrize("noise", ["paper", "poisson", "none"])
+def test_noise_models_are_seeded_and_shaped(noise):
+    task = QPITask(dataclasses.replace(DataConfig(), noise=noise))
+    flat = tf.ones([64, 64, 2])
+    a = task.add_noise(flat, tf.constant([1, 2], tf.int64))
+    b = task.add_noise(flat, tf.constant([1, 2], tf.int64))
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert a.shape == flat.shape
+    if noise == "none":
+        np.testing.assert_array_equal(a.numpy(), flat.numpy())
+    if noise == "poisson":
+        # Poisson counts: variance of I = I / photons (+ read noise^2 / photons^2)
+        d = task.data
+        expected = 1.0 / d.photons_per_pixel + (d.read_noise / d.photons_per_pixel) ** 2
+        assert abs(float(tf.math.reduce_variance(a)) / expected - 1) < 0.1
+
+
+def test_unknown_task_is_an_input_error():
+    with pytest.raises(InputError, match="unknown task"):
+        make_task("sr", DataConfig())
