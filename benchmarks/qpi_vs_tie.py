@@ -45,6 +45,7 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--sampler", choices=["ddpm", "ddim"], help="default: the run's")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
@@ -71,7 +72,7 @@ def main(argv=None):
             tie_input = task.denormalize_target(y[..., -1:]).numpy()[..., 0]
             row["TIE channel (model input)"] = dict(zip(("mae", "ms_ssim"), offset_free_scores(tie_input, truths)))
         began, cpu = time.perf_counter(), time.process_time()
-        out = sampler(y, steps=steps, samples=args.samples, seed=args.seed, method=config.sampler.method)
+        out = sampler(y, steps=steps, samples=args.samples, seed=args.seed, method=args.sampler or config.sampler.method)
         wall, cpu = time.perf_counter() - began, time.process_time() - cpu
         estimates = task.denormalize_target(out["mean"]).numpy()[..., 0]
         scores = dict(zip(("mae", "ms_ssim"), offset_free_scores(estimates, truths)))

@@ -100,15 +100,34 @@ TASK = click.option("--task", default="qpi", show_default=True, help="The invers
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @command
 def train(task, config_path, data, out, steps, batch_size, image_size, schedule, seed, checkpoint_every, resume):
-    """Train a CVDM. With no option: the QPI task on the images embedded in scikit-image."""
-    from cvdm_tf.config import default_config, load_config
-    from cvdm_tf.runs import TrainingError, train as run_training
+    """Train a CVDM. With no option: the QPI task on the images embedded in scikit-image.
 
-    if resume and not out:
-        raise InputError("--resume needs --out RUN_FOLDER (the run to continue)")
-    config = load_config(config_path) if config_path else default_config(task)
-    if config_path and config.task != task and task != "qpi":
-        raise InputError(f"{config_path}: config is for task {config.task!r}, not {task!r}")
+    Ctrl-C (or SIGTERM) saves a checkpoint and stops with exit code 130; `--resume --out RUN` continues the run
+    from its last checkpoint to --steps in total (default: the run's own train.steps).
+    """
+    from cvdm_tf.config import TASKS, default_config, load_config
+    from cvdm_tf.runs import TrainingError, run_config, train as run_training
+
+    if task not in TASKS:
+        raise InputError(f"--task: unknown task {task!r} (known: {', '.join(TASKS)})")
+    # --task defaults to qpi: only a --task the user gave must agree with the config or run.
+    task_given = click.get_current_context().get_parameter_source("task") is not click.core.ParameterSource.DEFAULT
+    if resume:
+        if not out:
+            raise InputError("--resume needs --out RUN_FOLDER (the run to continue)")
+        fixed = [name for name, value in (("--config", config_path), ("--data", data), ("--batch-size", batch_size),
+                                          ("--image-size", image_size), ("--schedule", schedule), ("--seed", seed))
+                 if value is not None]
+        if fixed:
+            raise InputError(f"{', '.join(fixed)}: a resumed run keeps its own config.toml (only --steps and "
+                             f"--checkpoint-every may change)")
+        config = run_config(out)
+        if task_given and config.task != task:
+            raise InputError(f"{out}: the run is for task {config.task!r}, not {task!r}")
+    else:
+        config = load_config(config_path) if config_path else default_config(task)
+        if task_given and config.task != task:
+            raise InputError(f"{config_path}: config is for task {config.task!r}, not {task!r} (drop --task)")
     changes = {
         "train": {k: v for k, v in dict(steps=steps, batch_size=batch_size, seed=seed,
                                         checkpoint_every=checkpoint_every).items() if v is not None},
@@ -148,6 +167,88 @@ def simulate(task, input_path, out, noise, defocus, wavelength, pixel_size, phas
     count = simulate_folder(task, input_path, out, noise=noise, defocus_um=defocus, wavelength_um=wavelength,
                             pixel_size_um=pixel_size, phase_max=phase_max, seed=seed)
     click.echo(f"wrote {count} simulated measurement(s) to {out}")
+
+
+# === infer ===
+
+
+@main.command()
+@click.option("--model", "run_dir", required=True, type=click.Path(), help="Run folder of `cvdm-tf train`.")
+@click.option("--input", "input_path", required=True, type=click.Path(),
+              help="Raw measurement(s): an image/stack file or a folder (recursive). QPI: the H x W x 2 pair.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True,
+              help="K samples per image (the std map is over these).")
+@click.option("--steps", type=click.IntRange(min=1), help="T sampling steps (default: the run's sampler.steps).")
+@click.option("--sampler", "method", type=click.Choice(["ddpm", "ddim"]),
+              help="Sampler (default: the run's sampler.method).")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per batch.")
+@click.option("--tile", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Images larger than this are processed in overlapping, blended tiles.")
+@command
+def infer(run_dir, input_path, out, samples, steps, method, seed, batch_size, tile):
+    """Reconstruct: NAME_mean.tif, NAME_std.tif (uncertainty), NAME_schedule.tif, NAME_preview.png per image."""
+    from cvdm_tf.inference import infer_paths
+
+    report = infer_paths(run_dir, input_path, out, samples=samples, steps=steps, method=method, seed=seed,
+                         batch_size=batch_size, tile=tile)
+    if report.failed:  # each already reported as `error: PATH: problem`; the good files are complete
+        sys.exit(EXIT_USER_ERROR)
+
+
+# === export ===
+
+
+@main.command()
+@click.option("--model", "run_dir", required=True, type=click.Path(), help="Run folder of `cvdm-tf train`.")
+@click.option("--out", required=True, type=click.Path(), help="SavedModel folder to create (absent or empty).")
+@click.option("--steps", type=int, help="Sampling steps T of serving_default (default: the run's sampler.steps).")
+@click.option("--samples", type=int, help="Samples K of serving_default (default: the run's sampler.samples).")
+@command
+def export(run_dir, out, steps, samples):
+    """Export a run as a SavedModel: raw measurement in, physical units out, the whole sampler inside."""
+    from cvdm_tf.export import export_run
+
+    export_run(run_dir, out, steps=steps, samples=samples)
+    click.echo(f"wrote SavedModel to {out} (signatures: serving_default, sample)")
+
+
+# === eval ===
+
+
+@main.command(name="eval")
+@click.option("--model", "run_dir", required=True, type=click.Path(), help="Run folder of `cvdm-tf train`.")
+@TASK
+@click.option("--data", "data_path", required=True, type=click.Path(),
+              help="Ground-truth images (file or folder): QPI phase, float TIFF in radians or integer images.")
+@click.option("--noise", type=click.Choice(["paper", "poisson", "none"]), default="paper", show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), help="T sampling steps (default: the run's).")
+@click.option("--sampler", "method", type=click.Choice(["ddpm", "ddim"]), help="Default: the run's.")
+@click.option("--baseline", "baselines", multiple=True, type=click.Choice(["tie"]), default=("tie",),
+              show_default=True, help="Classical baselines to compare with (repeatable).")
+@click.option("--tie-regularization", type=float,
+              help="TIE's Tikhonov weight (default: tuned on the evaluated images, the best TIE can do).")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+@click.option("--out", "report_path", required=True, type=click.Path(dir_okay=False), help="JSON report to write.")
+@command
+def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, tie_regularization, seed,
+          report_path):
+    """Simulate measurements from ground truth, reconstruct with the model and baselines, score them all."""
+    from cvdm_tf import io
+    from cvdm_tf.evaluation import evaluate, markdown_table
+    from cvdm_tf.runs import load_run
+
+    config, task_object, model = load_run(run_dir)
+    if config.task != task:
+        raise InputError(f"{run_dir}: the model was trained for task {config.task!r}, not {task!r}")
+    report = evaluate(config, task_object, model, data_path, noise=noise, samples=samples, steps=steps,
+                      method=method, seed=seed, baselines=baselines, tie_regularization=tie_regularization,
+                      progress=lambda i, n, name: click.echo(f"[{i}/{n}] {name}", err=True))
+    io.write_json(report_path, report)
+    click.echo(markdown_table(report))
+    click.echo(f"\nper-image metrics in {report_path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

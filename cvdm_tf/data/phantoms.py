@@ -12,12 +12,17 @@ from skimage.filters import gaussian
 
 
 def cell_phantom(size: int, rng: np.random.Generator, peak: float = 3.0) -> np.ndarray:
-    """One [size, size] float32 phase image in radians, minimum 0, maximum `peak`."""
+    """One [size, size] float32 phase image in radians, minimum 0, maximum `peak`.
+
+    Cells have semi-axes of 10-26 px (2-5 um at 0.21 um pixels) whatever the image size; their number grows
+    with the area (2-5 per 128 x 128 px).
+    """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     phase = np.zeros((size, size))
-    for _ in range(rng.integers(2, 6)):
-        cy, cx = rng.uniform(0.15, 0.85, 2) * size
-        a, b = rng.uniform(0.08, 0.2, 2) * size
+    area = (size / 128.0) ** 2
+    for _ in range(max(1, int(round(rng.integers(2, 6) * area)))):
+        cy, cx = rng.uniform(0.1, 0.9, 2) * size
+        a, b = rng.uniform(10, 26, 2)
         angle = rng.uniform(0, np.pi)
         u = ((xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)) / a
         v = (-(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)) / b

@@ -1,0 +1,159 @@
+"""Export a trained run as a TensorFlow SavedModel with the whole sampler inside.
+
+The exported module takes the raw measurement and returns physical units, so a server needs nothing of this
+package: the graph holds, in order,
+
+    1. the task's normalisation of the raw condition (QPI: the intensity pair divided by its mean intensity);
+    2. the sampling loop of `cvdm_tf.sampler.Sampler` (one `tf.while_loop` over the T steps, K samples per
+       condition, stateless noise seeded by (seed, step));
+    3. the de-normalisation of the result (QPI: mean and std in radians; the schedule map tau * rho(1) as is).
+
+Signatures:
+
+    serving_default(condition)                       -> mean, std, schedule      T, K and the seed fixed at export
+    sample(condition, steps, samples, seed)          -> mean, std, schedule, samples
+
+condition is the raw measurement, float32 [batch, H, W, C_in] for any H and W (QPI: the intensity pair
+(I(-dz), I(+dz)), C_in = 2); mean, std and schedule are float32 [batch, H, W, C_out]; samples is
+[batch, K, H, W, C_out]. The resolved config of the run travels with the export as `assets/cvdm_config.toml`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import tensorflow as tf
+
+from cvdm_tf.config import dump_config
+from cvdm_tf.errors import InputError
+from cvdm_tf.io import _umask
+from cvdm_tf.sampler import Sampler
+
+CONFIG_ASSET = "cvdm_config.toml"
+
+
+class ExportedSampler(tf.Module):
+    """Raw condition in, physical units out: normalisation, the sampler and de-normalisation as one module.
+
+    Args:
+        model: CVDM. Restored with the weights to export (EMA, as `load_run` gives them).
+        task: the task (e.g. QPITask). Its normalize_condition / denormalize_target / denormalize_spread are traced
+            into the graph, so they must be pure TensorFlow.
+        steps: int. T of `serving_default`.
+        samples: int. K of `serving_default`.
+        method: str. "ddpm" (ancestral) or "ddim" (deterministic), for both signatures.
+        seed: int. Seed of `serving_default`'s noise.
+    """
+
+    def __init__(self, model, task, steps: int, samples: int, method: str = "ddpm", seed: int = 0,
+                 name: str = "cvdm"):
+        super().__init__(name=name)
+        if method not in ("ddpm", "ddim"):
+            raise ValueError(f"unknown sampler {method!r} (ddpm or ddim)")
+        self.sampler = Sampler(model)
+        self._task = task  # plain Python: only its TensorFlow functions are traced, nothing of it is saved
+        self.steps, self.samples, self.seed, self.method = int(steps), int(samples), int(seed), method
+        # The raw measurement, before normalize_condition (which may add channels, e.g. QPI's TIE estimate).
+        channels = getattr(task, "measurement_channels", task.condition_channels)
+        condition = tf.TensorSpec([None, None, None, channels], tf.float32, name="condition")
+        scalar = lambda name: tf.TensorSpec([], tf.int32, name=name)  # noqa: E731
+        self.serve = tf.function(self._serve, input_signature=[condition])
+        self.sample = tf.function(
+            self._sample, input_signature=[condition, scalar("steps"), scalar("samples"), scalar("seed")]
+        )
+
+    def _sample(self, condition, steps, samples, seed):
+        task = self._task
+        out = self.sampler.sample(
+            task.normalize_condition(condition), steps, samples, seed, tf.constant(self.method == "ddim")
+        )
+        # The channel count is static, so the signatures state it ([-1, -1, -1, C_out] in saved_model_cli).
+        image = lambda v: tf.ensure_shape(v, [None, None, None, task.target_channels])  # noqa: E731
+        mean = image(task.denormalize_target(out["mean"]))
+        return {
+            "mean": mean,
+            "std": image(task.denormalize_spread(out["std"])),
+            # Target-shaped already; broadcast so the contract [batch, H, W, C_out] holds for every schedule kind.
+            "schedule": image(tf.broadcast_to(out["schedule"], tf.shape(mean))),
+            "samples": tf.ensure_shape(task.denormalize_target(out["samples"]),
+                                       [None, None, None, None, task.target_channels]),
+        }
+
+    def _serve(self, condition):
+        out = self._sample(condition, tf.constant(self.steps), tf.constant(self.samples), tf.constant(self.seed))
+        return {name: out[name] for name in ("mean", "std", "schedule")}
+
+
+def export_run(run_dir, out_dir, steps: int | None = None, samples: int | None = None, seed: int = 0) -> Path:
+    """Export the run in `run_dir` (EMA weights) as a SavedModel in `out_dir`, written atomically.
+
+    Args:
+        run_dir: path. A run folder of `cvdm-tf train`.
+        out_dir: path. The SavedModel folder to create; must not exist or be empty.
+        steps: int. T of `serving_default` (default: the run's sampler.steps).
+        samples: int. K of `serving_default` (default: the run's sampler.samples).
+        seed: int. Seed of `serving_default`'s noise.
+
+    Returns:
+        Path: `out_dir`.
+
+    Raises:
+        InputError: `run_dir` is not a run folder, `out_dir` exists and is not an empty folder, or steps / samples
+            are not positive.
+    """
+    from cvdm_tf.runs import load_run  # runs imports the training stack; keep `import cvdm_tf.export` light
+
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    for key, value in (("steps", steps), ("samples", samples)):
+        if value is not None and value < 1:
+            raise InputError(f"--{key}: must be >= 1, got {value}")
+    config, task, model = load_run(run_dir)
+    module = ExportedSampler(
+        model, task,
+        steps=steps or config.sampler.steps,
+        samples=samples or config.sampler.samples,
+        method=config.sampler.method,
+        seed=seed,
+    )
+    save(module, dump_config(config), out_dir)
+    return out_dir
+
+
+def save(module: ExportedSampler, config_text: str, out_dir) -> Path:
+    """tf.saved_model.save `module` with both signatures and `config_text` as an asset, atomically: into a hidden
+    temporary sibling folder first, renamed onto `out_dir` only once complete."""
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            config_file = Path(scratch) / CONFIG_ASSET
+            config_file.write_text(config_text, encoding="utf-8")
+            # Tracked as an attribute, the asset is copied to assets/ and reachable as `loaded.config_file`.
+            module.config_file = tf.saved_model.Asset(str(config_file))
+            tf.saved_model.save(
+                module, str(tmp),
+                signatures={"serving_default": module.serve, "sample": module.sample},
+            )
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's folder is private; the export is not
+        _check_out_dir(out_dir)
+        if out_dir.is_dir():
+            out_dir.rmdir()  # empty (checked): rename needs the name free on every OS
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _check_out_dir(out_dir: Path):
+    if out_dir.is_dir():
+        if any(out_dir.iterdir()):
+            raise InputError(f"{out_dir}: output folder exists and is not empty")
+    elif out_dir.exists():
+        raise InputError(f"{out_dir}: output exists and is not a folder")

@@ -1,0 +1,271 @@
+"""`cvdm-tf infer` and cvdm_tf.inference: the tiling helper against exact answers, `reconstruct` against a model
+with a known output, and the command end to end on the tiny trained run (tests/conftest.py `tiny_run`)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from cli.main import main
+from cvdm_tf import io
+from cvdm_tf.config import DataConfig, ModelConfig
+from cvdm_tf.data import sources
+from cvdm_tf.data.tasks import QPITask
+from cvdm_tf.errors import InputError
+from cvdm_tf.inference import blend_window, preview_image, reconstruct, tile_starts, tiled_apply
+from cvdm_tf.schedules import make_schedule
+
+# === Tiling ===
+
+
+@pytest.mark.parametrize("size, tile, overlap", [(80, 32, 8), (72, 32, 8), (33, 32, 8), (32, 32, 8), (20, 32, 8),
+                                                 (2048, 256, 64)])
+def test_tiles_cover_the_image_with_at_least_the_overlap(size, tile, overlap):
+    starts = tile_starts(size, min(tile, size), overlap)
+    assert starts[0] == 0 and starts[-1] + min(tile, size) == size
+    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+
+
+def test_blend_windows_of_neighbours_sum_to_one_in_their_overlap():
+    tile, overlap = 32, 8
+    left, right = blend_window(tile, overlap, False, True), blend_window(tile, overlap, True, False)
+    np.testing.assert_allclose(left[tile - overlap:] + right[:overlap], 1.0, atol=1e-12)
+    assert left.min() > 0 and right.min() > 0 and left[0] == 1.0 and right[-1] == 1.0
+
+
+@pytest.mark.parametrize("align", [(), ("",)])
+@pytest.mark.parametrize("shape, tile", [((80, 72, 3), 32), ((45, 100, 1), 16), ((20, 24, 2), 32)])
+def test_identity_function_gives_the_image_back(shape, tile, align, rng):
+    image = rng.normal(size=shape).astype(np.float32)
+    calls = []
+
+    def identity(batch):
+        calls.append(batch.shape)
+        return batch
+
+    out = tiled_apply(identity, image, tile, batch_size=3, align=align)
+    np.testing.assert_allclose(out, image, atol=1e-5)
+    assert len({s[1:] for s in calls}) == 1  # every tile has the same shape (one trace of a compiled function)
+
+
+def _tile_means(batch):
+    """One constant per tile that depends on where the tile is (the tile's mean of a ramp image)."""
+    return np.broadcast_to(batch.mean(axis=(1, 2), keepdims=True), batch.shape).copy()
+
+
+def test_tile_constants_blend_smoothly_without_seams():
+    y, x = np.mgrid[0:80, 0:72].astype(np.float32)
+    image = (3 * y + x)[..., None]
+    out = tiled_apply(_tile_means, image, 32, batch_size=4)[..., 0]
+    # Tiles start at rows 0, 24, 48 and columns 0, 24, 40: their constants (tile means of the ramp) step by
+    # 3 * 24 = 72 from row to row and by 24 (then 16) from column to column.
+    rows, cols = tile_starts(80, 32, 8), tile_starts(72, 32, 8)
+    assert rows == [0, 24, 48] and cols == [0, 24, 40]
+    constants = [3 * (r + 15.5) + (c + 15.5) for r in rows for c in cols]
+    assert min(constants) - 1e-3 <= out.min() and out.max() <= max(constants) + 1e-3
+    # Hard stitching would jump by those steps at a seam; the raised-cosine blend spreads them over the 8 px ramp
+    # (steepest slope pi / 16 ~ 0.2 of the step).
+    assert np.abs(np.diff(out, axis=0)).max() < 0.25 * 72
+    assert np.abs(np.diff(out, axis=1)).max() < 0.25 * 24
+
+
+def test_aligned_tiles_recover_an_offset_free_field(rng):
+    """Each tile knows the field only up to its own constant (like QPI's phase): alignment puts them back."""
+    y, x = np.mgrid[0:80, 0:72].astype(np.float64)
+    field = (np.sin(y / 9) + 0.02 * x + 0.01 * (y - 40) ** 2 / 40)[..., None].astype(np.float32)
+
+    def offset_free(batch):
+        return batch - batch.mean(axis=(1, 2), keepdims=True)
+
+    aligned = tiled_apply(offset_free, field, 32, batch_size=5, align=("",))
+    assert np.ptp(aligned - field) < 1e-4  # the field itself, up to one constant
+    naive = tiled_apply(offset_free, field, 32, batch_size=5)
+    assert np.ptp(naive - field) > 0.1
+    # Constants per tile are pure offsets: aligned, they become one constant.
+    ramp = np.mgrid[0:80, 0:72][0].astype(np.float32)[..., None]
+    assert np.ptp(tiled_apply(_tile_means, ramp, 32, align=("",))) < 1e-3
+
+
+# === reconstruct with a model whose answer is known ===
+
+
+class PointMassModel(tf.Module):
+    """x = mu exactly, whatever the condition: the exact noise prediction of a (nearly) point-mass target."""
+
+    def __init__(self, mu=0.5, s=1e-3):
+        super().__init__()
+        self.model_config = ModelConfig(schedule="linear", depth=2, tau_depth=1, condition_channels=2)
+        self.schedule = make_schedule(self.model_config)
+        self.mu, self.s = mu, s
+
+    def prior_mean(self, y):
+        return None
+
+    def __call__(self, inputs):
+        z, _, g = inputs
+        return tf.sqrt(1 - g) * (z - tf.sqrt(g) * self.mu) / (g * self.s**2 + 1 - g)
+
+
+@pytest.fixture(scope="module")
+def qpi_task():
+    return QPITask(DataConfig(noise="none"))
+
+
+def _measurement(task, shape, seed=0):
+    from skimage.filters import gaussian
+
+    phase = gaussian(np.random.default_rng(seed).uniform(size=shape), sigma=2) * 3.0
+    return task.measure(tf.constant(phase, tf.float32)).numpy()
+
+
+@pytest.mark.parametrize("shape, tile", [((80, 72), 32), ((3, 2), 256), ((40, 6), 16)])
+def test_reconstruct_tiled_constant_model_gives_a_constant_map(qpi_task, shape, tile):
+    raw = _measurement(qpi_task, shape)
+    out = reconstruct(PointMassModel(), qpi_task, raw, samples=2, steps=20, method="ddim", seed=3, tile=tile,
+                      batch_size=4)
+    expected = float(qpi_task.denormalize_target(np.float32(0.5)))
+    for key in ("mean", "std", "schedule"):
+        assert out[key].shape == (*shape, 1) and out[key].dtype == np.float32
+    np.testing.assert_allclose(out["mean"], expected, atol=0.02)
+    assert np.all(out["std"] >= 0) and out["std"].max() < 0.02
+
+
+def test_reconstruct_refuses_the_wrong_channel_count(qpi_task):
+    with pytest.raises(InputError, match="has 1 channel"):
+        reconstruct(PointMassModel(), qpi_task, np.ones((16, 16, 1), np.float32), samples=1, steps=2)
+    with pytest.raises(InputError, match="size multiple 4"):
+        reconstruct(PointMassModel(), qpi_task, np.ones((16, 16, 2), np.float32), samples=1, steps=2, tile=2)
+
+
+def test_preview_is_an_rgb_strip_with_four_panels():
+    rng = np.random.default_rng(1)
+    panels = [rng.normal(size=(24, 20)) for _ in range(4)]
+    strip = preview_image(*panels, unit="rad")
+    assert strip.dtype == np.uint8 and strip.ndim == 3 and strip.shape[-1] == 3
+    assert strip.shape[0] > 24 * 4 and strip.shape[1] > 4 * 20 * 4  # enlarged small images
+    big = preview_image(*[np.zeros((2048, 1024))] * 4)  # shrunk, constant images are fine
+    assert big.shape[0] < 600
+
+
+# === The command, end to end on the tiny run ===
+
+
+def _invoke(*args):
+    result = CliRunner().invoke(main, ["infer", *map(str, args)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def measurements(tmp_path_factory):
+    """Raw QPI intensity pairs as `cvdm-tf simulate` writes them: 24 x 20 and 40 x 40 (and 96 x 88 apart)."""
+    task = QPITask(DataConfig(noise="none"))
+    folder = tmp_path_factory.mktemp("measurements")
+    io.write_tiff(folder / "good" / "small.tif", _measurement(task, (24, 20), seed=1))
+    io.write_tiff(folder / "good" / "sub" / "square.tif", _measurement(task, (40, 40), seed=2))
+    io.write_tiff(folder / "big.tif", _measurement(task, (96, 88), seed=3))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def infer_run(tiny_run, measurements, tmp_path_factory):
+    out = tmp_path_factory.mktemp("infer") / "out"
+    result = _invoke("--model", tiny_run, "--input", measurements / "good", "--out", out,
+                     "--samples", 2, "--steps", 3, "--seed", 5)
+    return result, out
+
+
+def _read(path):
+    return sources.read_image(path)
+
+
+@pytest.mark.slow
+def test_infer_writes_all_outputs(infer_run):
+    result, out = infer_run
+    assert result.exit_code == 0, result.stderr
+    for name, shape in (("small", (24, 20)), ("sub_square", (40, 40))):
+        maps = {}
+        for key in ("mean", "std", "schedule"):
+            maps[key] = _read(out / f"{name}_{key}.tif")
+            assert maps[key].shape == (*shape, 1) and maps[key].dtype == np.float32
+            assert np.isfinite(maps[key]).all()
+        assert (maps["std"] >= 0).all() and maps["std"].max() > 0  # K = 2 samples differ
+        preview = _read(out / f"{name}_preview.png")
+        assert preview.shape[-1] == 3 and preview.shape[0] > shape[0]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{n}_{k}" for n in ("small", "sub_square") for k in ("mean.tif", "std.tif", "schedule.tif", "preview.png"))
+    assert "file 2/2" in result.stderr  # the progress line
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_outputs(infer_run, tiny_run, measurements, tmp_path):
+    _, first = infer_run
+    result = _invoke("--model", tiny_run, "--input", measurements / "good" / "small.tif", "--out", tmp_path,
+                     "--samples", 2, "--steps", 3, "--seed", 5)
+    assert result.exit_code == 0, result.stderr
+    for key in ("mean", "std", "schedule"):
+        np.testing.assert_array_equal(_read(tmp_path / f"small_{key}.tif"), _read(first / f"small_{key}.tif"))
+
+
+@pytest.mark.slow
+def test_bad_files_are_reported_and_the_good_ones_finished(tiny_run, measurements, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a_good.tif").write_bytes((measurements / "good" / "small.tif").read_bytes())
+    (folder / "b_garbage.tif").write_bytes(b"these bytes are not a TIFF " * 20)
+    io.write_tiff(folder / "c_gray.tif", np.ones((24, 20), np.float32))
+    out = tmp_path / "out"
+    result = _invoke("--model", tiny_run, "--input", folder, "--out", out, "--samples", 2, "--steps", 3)
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2
+    assert errors[0].startswith(f"error: {folder / 'b_garbage.tif'}: not a readable image")
+    assert errors[1].startswith(f"error: {folder / 'c_gray.tif'}: has 1 channel(s), the model needs 2")
+    # Good outputs complete, nothing for the bad files, no temporary files.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_good_mean.tif", "a_good_preview.png", "a_good_schedule.tif", "a_good_std.tif"]
+
+
+@pytest.mark.slow
+def test_large_image_goes_through_tiles(tiny_run, measurements, tmp_path):
+    result = _invoke("--model", tiny_run, "--input", measurements / "big.tif", "--out", tmp_path,
+                     "--samples", 2, "--steps", 3, "--tile", 32, "--batch-size", 4, "--sampler", "ddim")
+    assert result.exit_code == 0, result.stderr
+    assert "tile 16/16" in result.stderr  # 4 x 4 tiles of 32 px with 8 px overlap cover 96 x 88
+    mean = _read(tmp_path / "big_mean.tif")
+    assert mean.shape == (96, 88, 1) and np.isfinite(mean).all()
+    assert (_read(tmp_path / "big_std.tif") >= 0).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["not a run", "empty folder", "missing input"])
+def test_user_errors_are_one_line_and_exit_2(tiny_run, tmp_path, case):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "x.tif").write_bytes(b"unused")
+    model, source, expected = {
+        "not a run": (tmp_path, tmp_path / "x.tif", "not a run folder"),
+        "empty folder": (tiny_run, tmp_path / "empty", "no images found"),
+        "missing input": (tiny_run, tmp_path / "nothing.tif", "no such file or folder"),
+    }[case]
+    result = _invoke("--model", model, "--input", source, "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and expected in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_infer_reads_a_simulate_folder_and_skips_its_truth(tiny_run, tmp_path):
+    """`cvdm-tf simulate` writes NAME.tif beside NAME_phase.tif: infer takes the measurement, not the truth."""
+    from cvdm_tf.simulate import simulate_folder
+
+    truth = tmp_path / "truth"
+    io.write_tiff(truth / "cell.tif", np.linspace(0, 2, 24 * 16, dtype=np.float32).reshape(24, 16))
+    simulate_folder("qpi", truth, tmp_path / "measured")
+    assert {p.name for p in (tmp_path / "measured").iterdir()} == {"cell.tif", "cell_phase.tif"}
+    out = tmp_path / "out"
+    result = _invoke("--model", tiny_run, "--input", tmp_path / "measured", "--out", out, "--samples", 2,
+                     "--steps", 2)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cell_mean.tif", "cell_preview.png", "cell_schedule.tif", "cell_std.tif"]
