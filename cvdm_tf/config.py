@@ -70,7 +70,8 @@ class ModelConfig:
                      "blocks_per_level", "tau_base_filters", "tau_depth", "time_units"):
             _check_positive(f"model.{name}", getattr(self, name))
         if not 0 < self.beta_min < self.beta_max:
-            raise InputError(f"model.beta_min/beta_max: need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+            raise InputError(f"model.beta_min/beta_max: need 0 < beta_min < beta_max, got {self.beta_min}, "
+                             f"{self.beta_max}")
 
     @property
     def size_multiple(self) -> int:
@@ -85,12 +86,17 @@ class LossConfig:
     w: float = 2.0
     alpha: float = 1e-3
 
+    def __post_init__(self):
+        for name in ("w", "alpha"):
+            _check_non_negative(f"loss.{name}", getattr(self, name))
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 2000
     batch_size: int = 8
     learning_rate: float = 1e-4
+    gradient_clip: float = 1.0  # global norm; 0 disables
     ema_momentum: float = 0.999
     seed: int = 0
     log_every: int = 50
@@ -107,6 +113,11 @@ class TrainConfig:
             raise InputError(f"train.learning_rate: must be > 0, got {self.learning_rate}")
         if not 0 <= self.ema_momentum < 1:
             raise InputError(f"train.ema_momentum: must be in [0, 1), got {self.ema_momentum}")
+        if not 0 <= self.validation_fraction < 1:
+            raise InputError(f"train.validation_fraction: must be in [0, 1), got {self.validation_fraction}")
+        _check_positive("train.validation_batches", self.validation_batches)
+        if not 0 <= self.seed < 2**31:
+            raise InputError(f"train.seed: must be in [0, 2**31), got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -142,7 +153,9 @@ class DataConfig:
     # QPI: give the network the classical FFT-TIE phase as an extra condition channel (physics-informed
     # conditioning; with model.mean = "condition" the diffusion learns the correction to TIE).
     tie_channel: bool = False
-    tie_regularization: float = 1e-5
+    tie_regularization: float = 1e-6
+    # Synthetic cell phantoms (cvdm_tf.data.phantoms, 256 px) added to the training images.
+    phantoms: int = 0
 
     def __post_init__(self):
         _check_choice("data.noise", self.noise, NOISE_MODELS)
@@ -151,6 +164,8 @@ class DataConfig:
         for name in ("wavelength_um", "pixel_size_um", "defocus_um", "phase_max", "photons_per_pixel"):
             if not getattr(self, name) > 0:
                 raise InputError(f"data.{name}: must be > 0, got {getattr(self, name)}")
+        for name in ("noise_max", "read_noise", "tie_regularization"):
+            _check_non_negative(f"data.{name}", getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -164,6 +179,15 @@ class Config:
 
     def __post_init__(self):
         _check_choice("task", self.task, TASKS)
+        # Training crops go through the U-Nets whole (no padding), so they must survive `depth` halvings.
+        multiple = self.model.size_multiple
+        if self.data.image_size % multiple:
+            low = max(multiple, self.data.image_size // multiple * multiple)
+            raise InputError(
+                f"data.image_size: {self.data.image_size} is not a multiple of {multiple} (the U-Nets halve it "
+                f"max(model.depth, model.tau_depth) = {multiple.bit_length() - 1} times); use e.g. {low} or "
+                f"{low + multiple}"
+            )
 
     def replace(self, **sections) -> "Config":
         """A copy with some fields changed: `cfg.replace(train={"steps": 10}, model={"schedule": "linear"})`."""
@@ -248,6 +272,11 @@ def _check_choice(key, value, choices):
 def _check_positive(key, value):
     if value <= 0:
         raise InputError(f"{key}: must be > 0, got {value}")
+
+
+def _check_non_negative(key, value):
+    if not value >= 0:  # also rejects NaN
+        raise InputError(f"{key}: must be >= 0, got {value}")
 
 
 # === Writing ===

@@ -3,25 +3,44 @@
 A run folder holds everything needed to continue, reuse or inspect a training run:
 
     config.toml      the resolved config (enough to rebuild the model)
-    checkpoints/     tf.train.Checkpoint files: weights, optimizer state with the EMA weights, the step counter
-                     and the model's random stream; written to temporary files and committed by an atomic
-                     rename of the `checkpoint` index, the last `keep_checkpoints` kept
+    checkpoints/     tf.train.Checkpoint files `ckpt-STEP`: weights, optimizer state with the EMA weights, the
+                     step counter, the model's random stream and the running means of the loss terms; the last
+                     `train.keep_checkpoints` are kept
     metrics.csv      `step`, then every loss term (and `val_*` terms), one row per log interval
     logs/            TensorBoard scalars
     previews/        PNG: condition | sample | truth | std | schedule, every `preview_every` steps
 
-`cvdm-tf infer/export/eval --model RUN` read it with `load_run`.
+`cvdm-tf infer/export/eval --model RUN` read it with `load_run`; `cvdm-tf train --resume --out RUN` continues it.
+
+Why a kill at any moment leaves the last complete checkpoint readable (read in TensorFlow 2.21's own code):
+    1. `Checkpoint._write` -> `functional_saver.MultiDeviceSaver.save` writes every shard under `ckpt-N_temp/`,
+       then the `MergeV2Checkpoints` op (`MergeBundles` in core/util/tensor_bundle) renames the data files to
+       `ckpt-N.data-*` and writes `ckpt-N.index`. The index is written in place, not renamed: a kill here can
+       leave a half-written `ckpt-N`, but nothing points at it yet and no older file is touched.
+    2. Only after that returns does `CheckpointManager.save`'s write callback name `ckpt-N` in the `checkpoint`
+       index file, through `file_io.atomic_write_string_to_file` (a temporary file renamed onto it). Then it
+       deletes the checkpoints beyond `max_to_keep` and writes the index again without them.
+    So the `checkpoint` index always names a complete checkpoint, the new one or the previous one. TensorFlow
+    does not fsync: this holds for a killed process, not for a power cut. On resume, the files of checkpoints
+    newer than the restored one (debris of a kill during a save) are deleted, and so are the metrics.csv rows
+    and TensorBoard events after the restored step: the resumed run logs those steps again, identically (the
+    data pipeline is a pure function of (seed, element) and the model's random stream is in the checkpoint).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import re
+import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -34,14 +53,20 @@ from cvdm_tf.errors import InputError
 from cvdm_tf.model import build_model, ema_weights, make_optimizer
 from cvdm_tf.sampler import Sampler
 
+# What `--resume` may change: how long to train and how often to save (the model and data are the run's own).
+RESUMABLE = ("steps", "checkpoint_every")
+
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss); the message names the step and the term."""
+    """Training cannot go on (a non-finite loss or weights); the message names the step and the term."""
 
 
 def resolve_config(config: Config) -> Config:
     """Fill in what the task decides (channel counts), so the saved config rebuilds the same model."""
     task = make_task(config.task, config.data)
+    if config.model.mean == "condition" and not getattr(config.data, "tie_channel", False):
+        raise InputError("model.mean = \"condition\" needs a condition channel that holds an estimate of the target "
+                         "(set data.tie_channel = true)")
     return config.replace(model={"condition_channels": task.condition_channels,
                                  "target_channels": task.target_channels})
 
@@ -71,121 +96,316 @@ def _build(config: Config):
     optimizer = make_optimizer(config.train)
     model.compile(optimizer=optimizer)
     optimizer.build(model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, rng=model.seed_generator.state.value)
+    # The loss trackers' running means too, so a resumed log interval averages the same steps.
+    trackers = {tracker.name: [variable.value for variable in tracker.variables] for tracker in model.metrics}
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, rng=model.seed_generator.state.value,
+                                     metrics=trackers)
     return model, optimizer, checkpoint
 
 
 # === Training ===
 
 
+def run_config(run_dir) -> Config:
+    """The saved config of a run folder: what `--resume` continues. An InputError if there is no run there."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: no such run folder, nothing to resume")
+    if not (run_dir / "config.toml").is_file():
+        raise InputError(f"{run_dir}: not a run folder (no config.toml), nothing to resume")
+    return load_config(run_dir / "config.toml")
+
+
 def train(config: Config, out_dir, resume: bool = False, progress=None) -> Path:
-    """Train a CVDM into `out_dir` (or continue the run there with `resume`). `--steps` is the total."""
+    """Train a CVDM into `out_dir`, or with `resume` continue the run there from its last checkpoint.
+
+    Everything is validated and loaded before `out_dir` is touched, so bad input leaves nothing behind. With
+    `resume` the run's own config.toml is used; only `RESUMABLE` train fields are taken from `config`.
+    `train.steps` is the total, so a resumed run ends at the same step as an uninterrupted one, with the same
+    weights: the optimizer state, the step counter, the random stream and the data position are restored.
+
+    Args:
+        config: Config. What to train (with `resume`: the new train.steps / checkpoint_every).
+        out_dir: str or Path. The run folder: absent or empty, or the run to continue with `resume`.
+        resume: bool. Continue the run in `out_dir`.
+        progress: Progress or None (a new one on stderr).
+
+    Returns:
+        Path: `out_dir`.
+
+    Raises:
+        InputError: bad input; nothing was written.
+        TrainingError: a non-finite loss; no checkpoint was written after the last good step.
+        KeyboardInterrupt: Ctrl-C or SIGTERM, after saving a checkpoint at the current step.
+    """
     out_dir = Path(out_dir)
+    progress = progress or Progress()
+    try:
+        run = _prepare(config, out_dir, resume, progress)
+        if run.start >= run.config.train.steps:
+            progress.message(f"{out_dir}: already trained for {run.start} steps (--steps "
+                             f"{run.config.train.steps}); nothing to do")
+            return out_dir
+        size = run.config.data.image_size
+        progress.message(
+            f"{'resuming' if resume else 'training'} {run.config.task} ({run.config.model.schedule} schedule) on "
+            f"{run.train_images} training + {run.val_images} validation images, {size} x {size} crops, batch "
+            f"{run.config.train.batch_size}, "
+            + (f"steps {run.start} -> {run.config.train.steps}" if resume else f"{run.config.train.steps} steps")
+            + f", run folder {out_dir}"
+        )
+        files = _open_folder(run, out_dir, resume)
+    except KeyboardInterrupt:
+        progress.close("interrupted before training started")
+        raise
+    return _loop(run, files, out_dir, progress)
+
+
+def _prepare(config: Config, out_dir: Path, resume: bool, progress) -> SimpleNamespace:
+    """Validate and load everything (config, images, model, checkpoint, datasets); nothing on disk changes."""
     if resume:
-        saved = load_config(out_dir / "config.toml") if (out_dir / "config.toml").is_file() else None
-        if saved is None:
-            raise InputError(f"{out_dir}: nothing to resume (no config.toml)")
-        # The model and data must be the run's own; the length of training may change.
-        config = saved.replace(train={"steps": config.train.steps})
-    elif out_dir.exists() and any(out_dir.iterdir()):
+        config = run_config(out_dir).replace(train={name: getattr(config.train, name) for name in RESUMABLE})
+    elif out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"{out_dir}: run folder exists and is not empty (use --resume to continue it)")
     config = resolve_config(config)
     task = make_task(config.task, config.data)
     tc = config.train
-
-    images = load_ground_truth(config.data, min_size=config.data.image_size)
+    images = load_ground_truth(config.data, min_size=config.data.image_size, warn=progress.message)
     train_items, val_items = sources.split_by_image(images, tc.validation_fraction, tc.seed)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    io.write_text(out_dir / "config.toml", dump_config(config))
+    # Unseeded Keras initializers draw from the global generators: without this, two runs with the same
+    # train.seed start from different weights. (Sets Python's, NumPy's and TensorFlow's global seeds.)
+    keras.utils.set_random_seed(tc.seed)
     model, optimizer, checkpoint = _build(config)
-    manager = tf.train.CheckpointManager(checkpoint, str(out_dir / "checkpoints"), max_to_keep=tc.keep_checkpoints)
-    if resume and manager.latest_checkpoint:
-        checkpoint.read(manager.latest_checkpoint).assert_existing_objects_matched()
+    latest = _latest_checkpoint(out_dir / "checkpoints") if resume else None
+    if latest:
+        try:
+            checkpoint.read(latest).assert_existing_objects_matched()
+        except (tf.errors.OpError, AssertionError, ValueError) as err:
+            raise InputError(f"{latest}: cannot restore this checkpoint ({str(err).splitlines()[0]})") from None
     start = int(optimizer.iterations.numpy())
-
     data = make_dataset(task, [image for _, image in train_items], config.data, tc.batch_size, tc.seed,
                         start=start * tc.batch_size)
     validation = None
     if val_items:
         validation = make_dataset(task, [image for _, image in val_items], config.data, tc.batch_size,
                                   tc.seed + 1, augment=False).take(tc.validation_batches).cache()
-    log = MetricsLog(out_dir / "metrics.csv", start)
-    writer = tf.summary.create_file_writer(str(out_dir / "logs"))
+    # Drawing the preview batch runs the pipeline once, before anything is written.
     preview_batch = next(iter(validation if validation is not None else data))
+    return SimpleNamespace(config=config, model=model, checkpoint=checkpoint, start=start, data=data,
+                           validation=validation, preview_batch=preview_batch, train_images=len(train_items),
+                           val_images=len(val_items))
+
+
+def _open_folder(run: SimpleNamespace, out_dir: Path, resume: bool) -> SimpleNamespace:
+    """Create (or, resuming, tidy) the run folder: config.toml, checkpoint manager, metrics.csv, TensorBoard.
+    A folder this creates is removed again if this fails."""
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        io.write_text(out_dir / "config.toml", dump_config(run.config))
+        if resume:
+            _discard_after(out_dir, run.start)
+        manager = tf.train.CheckpointManager(run.checkpoint, str(out_dir / "checkpoints"),
+                                             max_to_keep=run.config.train.keep_checkpoints)
+        log = MetricsLog(out_dir / "metrics.csv", run.start)
+        writer = tf.summary.create_file_writer(str(out_dir / "logs"))
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return SimpleNamespace(manager=manager, log=log, writer=writer)
+
+
+def _loop(run: SimpleNamespace, files: SimpleNamespace, out_dir: Path, progress) -> Path:
+    """The training loop. A signal only sets a flag; the loop stops between steps, so what it saves is consistent."""
+    config, model, tc = run.config, run.model, run.config.train
+    validation, writer = run.validation, files.writer
     preview_sampler = Sampler(model)
     step_fn = tf.function(model.train_step, reduce_retracing=True)
     test_fn = tf.function(model.test_step, reduce_retracing=True)
-    progress = progress or Progress(tc.steps, start)
+    step = saved = run.start
 
-    def save(step):
-        manager.save(checkpoint_number=step)
+    def save():
+        nonlocal saved
+        if not _finite_weights(model):  # a finite loss can still end in an update that overflowed
+            raise TrainingError(f"non-finite weights after the update of step {step}; {_unsaved(saved)}")
+        writer.flush()  # the checkpoint then covers everything TensorBoard holds up to this step
+        files.manager.save(checkpoint_number=step)
+        saved = step
 
-    interrupted = []
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: interrupted.append("SIGTERM"))
-    step = start
+    hint = f"continue with: cvdm-tf train --resume --out {out_dir}"
+    stop = StopRequests()
+    progress.begin(tc.steps, run.start)
     try:
-        iterator = iter(data)
-        while step < tc.steps:
-            logs = step_fn(next(iterator))
-            step += 1
-            if step % tc.log_every == 0 or step == tc.steps:
-                values = {name: float(value) for name, value in logs.items()}
-                _check_finite(values, step)
-                for tracker in model.metrics:
-                    tracker.reset_state()
-                if validation is not None:
-                    for batch in validation:
-                        val = test_fn(batch)
-                    values.update({f"val_{k}": float(v) for k, v in val.items()})
-                    for tracker in model.metrics:
-                        tracker.reset_state()
-                log.append(step, values)
-                with writer.as_default(step=step):
-                    for name, value in values.items():
-                        tf.summary.scalar(name, value)
-                progress.update(step, values)
-            if step % tc.checkpoint_every == 0 or step == tc.steps:
-                save(step)
-            if step % tc.preview_every == 0 or step == tc.steps:
-                write_preview(out_dir / "previews" / f"step{step:07d}.png", preview_sampler, config, preview_batch)
-            if interrupted:
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        # Ctrl-C / SIGTERM: keep what was learned since the last checkpoint, then stop cleanly.
-        if step > start and int(optimizer.iterations.numpy()) == step:
-            save(step)
-        progress.close(f"interrupted at step {step}; checkpoint saved, continue with --resume --out {out_dir}")
+        with stop:
+            iterator = iter(run.data)
+            while step < tc.steps and not stop.signal:
+                logs = step_fn(next(iterator))
+                step += 1
+                if not math.isfinite(float(logs["loss"])):  # before anything is logged or saved
+                    _check_finite({name: float(value) for name, value in logs.items()}, step, saved)
+                if step % tc.log_every == 0 or step == tc.steps:
+                    values = {name: float(value) for name, value in logs.items()}
+                    _reset(model)
+                    if validation is not None:
+                        for batch in validation:
+                            val = test_fn(batch)
+                        values.update({f"val_{k}": float(v) for k, v in val.items()})
+                        _reset(model)
+                    _check_finite(values, step, saved)
+                    files.log.append(step, values)
+                    with writer.as_default(step=step):
+                        for name, value in values.items():
+                            tf.summary.scalar(name, value)
+                    progress.update(step, values)
+                if step % tc.checkpoint_every == 0 or step == tc.steps:
+                    save()
+                if step % tc.preview_every == 0 or step == tc.steps:
+                    write_preview(out_dir / "previews" / f"step{step:07d}.png", preview_sampler, config,
+                                  run.preview_batch)
+            if stop.signal and step > saved:
+                save()
+    except KeyboardInterrupt:  # a second Ctrl-C, which stops at once
+        last = f"last checkpoint at step {saved}" if saved else "no checkpoint yet"
+        progress.close(f"interrupted at step {step} ({last}); {hint}")
+        raise
+    except TrainingError:
+        progress.close("")
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-        writer.flush()
+        writer.close()
+    if stop.signal:
+        progress.close(f"stopped by {stop.signal} at step {step}, checkpoint saved; {hint}")
+        raise KeyboardInterrupt
     progress.close(f"done: {step} steps, run folder {out_dir}")
     return out_dir
 
 
-def _check_finite(values: dict, step: int):
+def _reset(model):
+    for tracker in model.metrics:
+        tracker.reset_state()
+
+
+def _check_finite(values: dict, step: int, saved: int):
     bad = [name for name, value in values.items() if not math.isfinite(value)]
     if bad:
-        raise TrainingError(
-            f"non-finite loss at step {step} in term '{bad[0]}' ({', '.join(bad)}); the last good checkpoint is "
-            f"kept (try a lower train.learning_rate)"
-        )
+        terms = [name for name in bad if "loss" not in name] or bad  # name a term, not the total it spoils
+        raise TrainingError(f"non-finite loss at step {step}: term '{terms[0]}' is {values[terms[0]]} (non-finite: "
+                            f"{', '.join(bad)}); {_unsaved(saved)}")
+
+
+def _unsaved(saved: int) -> str:
+    where = f"the last good checkpoint is step {saved}" if saved else "no checkpoint was saved"
+    return f"stopped without saving, {where} (try a lower train.learning_rate)"
+
+
+def _finite_weights(model) -> bool:
+    return bool(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in model.trainable_variables]))
+
+
+def _latest_checkpoint(folder: Path):
+    """The prefix the `checkpoint` index names (None before the first save); an InputError if its files are gone."""
+    state = tf.train.get_checkpoint_state(str(folder))
+    if state is None or not state.model_checkpoint_path:
+        return None
+    prefix = state.model_checkpoint_path
+    if not tf.io.gfile.exists(prefix + ".index"):
+        raise InputError(f"{folder}: the checkpoint index names {Path(prefix).name}, but its files are missing")
+    return prefix
+
+
+def _discard_after(run_dir: Path, step: int):
+    """Forget what a run did after the checkpoint it resumes from: it will do it again, identically.
+
+    Deletes uncommitted checkpoint files (`ckpt-N.*` and `ckpt-N_temp/` with N > step, left by a kill during or
+    after a save; `checkpoint.tmp*`, left by a kill while the index was written) and the TensorBoard events after
+    `step`. metrics.csv rows after `step` go in `MetricsLog`.
+    """
+    pattern = re.compile(r"ckpt-(\d+)(\.index|\.data-\d+-of-\d+|_temp)$")
+    folder = run_dir / "checkpoints"
+    for path in folder.iterdir() if folder.is_dir() else ():
+        match = pattern.match(path.name)
+        if path.is_dir() and match and int(match.group(1)) > step:
+            shutil.rmtree(path)
+        elif (match and int(match.group(1)) > step) or re.fullmatch(r"checkpoint\.tmp[0-9a-f]+", path.name):
+            path.unlink()
+    for path in sorted((run_dir / "logs").glob("events.out.tfevents.*")):
+        _truncate_events(path, step)
+
+
+def _truncate_events(path: Path, step: int):
+    """Rewrite a TensorBoard event file without the summaries after `step` (and a record cut short by a kill)."""
+    from tensorflow.core.util import event_pb2
+
+    kept, dropped = [], False
+    try:
+        for record in tf.data.TFRecordDataset(str(path)):
+            record = record.numpy()
+            event = event_pb2.Event.FromString(record)
+            if event.HasField("summary") and event.step > step:
+                dropped = True
+            else:
+                kept.append(record)
+    except tf.errors.DataLossError:
+        dropped = True
+    if dropped:
+        with io.atomic_write(path) as tmp:
+            with tf.io.TFRecordWriter(str(tmp)) as records:
+                for record in kept:
+                    records.write(record)
+
+
+class StopRequests:
+    """While active, the first Ctrl-C (SIGINT) or SIGTERM only sets `signal` (its name), so that the training loop
+    stops between two steps and saves a consistent checkpoint; a second Ctrl-C raises KeyboardInterrupt at once.
+
+    Python runs the handler between bytecodes, so a signal that arrives during a step (a tf.function call) is
+    seen when the step returns. Handlers can only be installed from the main thread; elsewhere this does nothing.
+    """
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+        return False
+
+    def _handle(self, number, frame):
+        if self.signal is not None and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = self.signal or signal.Signals(number).name
 
 
 class MetricsLog:
-    """metrics.csv: a `step` column then the loss terms. On resume, rows after the restored step are dropped
-    (they are recomputed identically), everything before is kept."""
+    """metrics.csv: a `step` column then the loss terms, rewritten atomically at every log. On resume, rows after
+    the restored step are dropped at once (the resumed run logs them again), everything before is kept."""
 
     def __init__(self, path: Path, start: int):
         self.path = path
         self.rows = []
-        if path.is_file() and start > 0:
-            with path.open() as handle:
-                self.rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= start]
+        if path.is_file():
+            with path.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            self.rows = [row for row in rows if start > 0 and int(row["step"]) <= start]
+            if self.rows and len(self.rows) < len(rows):
+                self._write()
+            elif not self.rows:
+                path.unlink()
 
     def append(self, step: int, values: dict):
         self.rows.append({"step": step, **{k: f"{v:.6g}" for k, v in values.items()}})
+        self._write()
+
+    def _write(self):
         columns = ["step"] + [k for k in self.rows[-1] if k != "step"]
         lines = [",".join(columns)] + [",".join(str(row.get(c, "")) for c in columns) for row in self.rows]
         io.write_text(self.path, "\n".join(lines) + "\n")
@@ -196,11 +416,22 @@ class Progress:
 
     SHOWN = ("loss", "diffusion", "consistency", "prior", "smoothness", "val_loss")
 
-    def __init__(self, total: int, start: int = 0, stream=None):
-        self.total, self.start = total, start
+    def __init__(self, total: int = 0, start: int = 0, stream=None):
         self.stream = stream or sys.stderr
-        self.began = time.monotonic()
         self.tty = self.stream.isatty()
+        self.drawn = False  # a status line is open on the terminal
+        self.begin(total, start)
+
+    def begin(self, total: int, start: int = 0):
+        """Start timing (ETA) from here: the first step after `start`, of `total`."""
+        self.total, self.start = total, start
+        self.began = time.monotonic()
+
+    def message(self, text: str):
+        """A line of its own (what is trained, a skipped image), not overwritten by the status line."""
+        self._end_line()
+        self.stream.write(text + "\n")
+        self.stream.flush()
 
     def update(self, step: int, values: dict):
         elapsed = time.monotonic() - self.began
@@ -213,13 +444,23 @@ class Progress:
         line = f"step {step}/{self.total} [{bar}] {terms} | {_clock(elapsed)} elapsed, ETA {_clock(eta)}"
         if self.tty:
             self.stream.write("\r\033[K" + line)
+            self.drawn = True
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
 
     def close(self, message: str):
-        self.stream.write(("\n" if self.tty else "") + message + "\n")
-        self.stream.flush()
+        """End the status line; then `message` on a line of its own (nothing if empty)."""
+        if message:
+            self.message(message)
+        else:
+            self._end_line()
+            self.stream.flush()
+
+    def _end_line(self):
+        if self.drawn:
+            self.stream.write("\n")
+            self.drawn = False
 
 
 def _clock(seconds: float) -> str:

@@ -14,15 +14,22 @@ import numpy as np
 import tensorflow as tf
 
 from cvdm_tf.data import sources
+from cvdm_tf.data.phantoms import cell_phantom
 from cvdm_tf.errors import InputError
 
+TRAINING_PHANTOM_SEED = 2024  # the benchmarks test on phantoms drawn with seed 1234
 
-def load_ground_truth(data_config, min_size: int) -> list[tuple[str, np.ndarray]]:
+
+def load_ground_truth(data_config, min_size: int, warn=None) -> list[tuple[str, np.ndarray]]:
     """The ground-truth images of a data config as (name, [H, W] float32): phase in radians for QPI.
 
     `source = ""` takes the images embedded in scikit-image; otherwise a folder (searched recursively), an image,
     or a .npy/.npz stack. Integer images are scaled by their dtype's range, float images by their own min/max,
-    then to [0, phase_max] over the whole image (`phase_scaling = "image"`; "crop" defers the scaling to crops).
+    then to [0, phase_max] over the whole image (`phase_scaling = "image"`; "crop" leaves them in [0, 1] and
+    scales every crop to [0, phase_max] instead).
+
+    Images smaller than `min_size` (the training crop) on either side are skipped, each named in one line through
+    `warn(message)`; an InputError if none is left (or if a file is unreadable or has NaN/Inf pixels).
     """
     if data_config.source:
         items = [(name, sources.to_unit_range(sources.to_grayscale(image), dtype)[..., 0])
@@ -30,9 +37,23 @@ def load_ground_truth(data_config, min_size: int) -> list[tuple[str, np.ndarray]
     else:
         items = [(name, image[..., 0]) for name, image in sources.embedded_images()]
     usable = [(name, image) for name, image in items if min(image.shape) >= min_size]
+    where = data_config.source or "the embedded images"
     if not usable:
-        where = data_config.source or "the embedded images"
-        raise InputError(f"{where}: no image is at least {min_size} x {min_size} pixels (the training crop size)")
+        sizes = ", ".join(f"{name} {image.shape[0]} x {image.shape[1]}" for name, image in items[:5])
+        raise InputError(f"{where}: no image is at least {min_size} x {min_size} pixels, the training crop size "
+                         f"(data.image_size / --image-size); found {sizes}{' ...' if len(items) > 5 else ''}")
+    if warn is not None:
+        for name, image in items:
+            if min(image.shape) < min_size:
+                warn(f"skipping {name} ({image.shape[0]} x {image.shape[1]}): smaller than the "
+                     f"{min_size} x {min_size} training crop")
+    if data_config.phantoms:
+        # Synthetic cells beside the natural images widen the training distribution towards what a phase
+        # microscope sees (smooth bodies, sharp edges); their seed is apart from the benchmarks' test phantoms.
+        rng = np.random.default_rng(TRAINING_PHANTOM_SEED)
+        size = max(256, min_size)
+        usable += [(f"phantom_{i:03d}", cell_phantom(size, rng, peak=rng.uniform(0.4, 1.0)))
+                   for i in range(data_config.phantoms)]
     if data_config.phase_scaling == "image":
         usable = [(name, (image * data_config.phase_max).astype(np.float32)) for name, image in usable]
     return usable
