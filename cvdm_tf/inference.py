@@ -143,7 +143,7 @@ def _reconstruct_file(path, base, used, model, task, sampler, samples, steps, me
             raise InputError(f"{where}: {err}") from None
         results.append((f"{base}_{number:03d}" if len(images) > 1 else base, raw, result))
     # Names are claimed only once the whole file succeeded.
-    return [(_unique(name, used), raw, result) for name, raw, result in results]
+    return [(sources.unique_name(name, used), raw, result) for name, raw, result in results]
 
 
 def write_outputs(out_dir: Path, name: str, raw: np.ndarray, result: dict, unit: str = "") -> list[Path]:
@@ -184,16 +184,6 @@ def _input_files(input_path, out_dir: Path) -> list[tuple[Path, str]]:
     if not found:
         raise InputError(f"{os.fspath(input_path)}: no images found outside the output folder {out_dir}")
     return [(p, "_".join(p.relative_to(root).with_suffix("").parts)) for p in found]
-
-
-def _unique(name: str, used: set[str]) -> str:
-    """`name`, or `name-2`, `name-3`, ... if it (ignoring case) is taken; records the result."""
-    candidate, n = name, 1
-    while candidate.lower() in used:
-        n += 1
-        candidate = f"{name}-{n}"
-    used.add(candidate.lower())
-    return candidate
 
 
 # === One image ===

@@ -338,7 +338,7 @@ def iter_source_images(source: str | os.PathLike, *, with_dtype: bool = False) -
     for path, base in files:
         images = read_stack_with_dtype(path)
         for index, (image, dtype) in enumerate(images):
-            name = _unique(f"{base}_{index:03d}" if len(images) > 1 else base, used)
+            name = unique_name(f"{base}_{index:03d}" if len(images) > 1 else base, used)
             out.append((name, image, dtype) if with_dtype else (name, image))
     return out
 
@@ -728,7 +728,7 @@ def _finish(image: np.ndarray, name: str, label: str | None) -> tuple[np.ndarray
     return result, source_dtype
 
 
-def _unique(name: str, used: set[str]) -> str:
+def unique_name(name: str, used: set[str]) -> str:
     """``name``, or ``name-2``, ``name-3``, ... if it (ignoring case) is taken; records the result."""
     candidate, n = name, 1
     while candidate.lower() in used:
