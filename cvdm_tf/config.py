@@ -61,6 +61,9 @@ class ModelConfig:
     # condition channel ("condition": e.g. the classical TIE estimate, so that doing nothing is already TIE).
     mean: str = "none"
     residual_scale: float = 1.0
+    # The diffusion's target lies in [-x_range, x_range] (offset-free QPI phase: about [-2, 2]; a residual times
+    # residual_scale: wider); the sampler clips its x_hat estimate there. 0 disables the clip.
+    x_range: float = 1.0
 
     def __post_init__(self):
         _check_choice("model.schedule", self.schedule, SCHEDULES)

@@ -111,10 +111,11 @@ class CVDM(keras.Model):
         gamma, dgamma, d2gamma = losses.time_derivatives(self.schedule, t, tau)
         beta = self.schedule.beta(t, tau)
         # 3. Diffuse and predict the noise; gradients reach the schedule through z_t and the gamma input.
-        # 1 - gamma from log gamma (expm1), floored: where gamma rounds to 1 in float32 (t ~ 0), sqrt(1 - gamma)
-        # would have an infinite derivative and turn the whole update into NaN.
-        one_minus_gamma = tf.maximum(-tf.math.expm1(self.schedule.log_gamma(t, tau)), 1e-12)
-        z_t = tf.sqrt(gamma) * x0 + tf.sqrt(one_minus_gamma) * eps
+        # Both square roots from log gamma: where gamma rounds to 1 (t ~ 0) or underflows to 0 (tau * rho > 87),
+        # the derivative of sqrt would be infinite and turn the whole update into NaN with a finite loss.
+        log_gamma = self.schedule.log_gamma(t, tau)
+        one_minus_gamma = tf.maximum(-tf.math.expm1(log_gamma), 1e-12)
+        z_t = tf.exp(0.5 * log_gamma) * x0 + tf.sqrt(one_minus_gamma) * eps
         eps_hat = self((z_t, y, gamma))
         # 4. Boundary values and the end of the forward process.
         ones = tf.ones_like(t)

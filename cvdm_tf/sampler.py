@@ -8,7 +8,7 @@ K samples per condition in one batch, the whole loop one compiled TensorFlow gra
     eps_hat             eps_hat        denoiser(z_i, y, gbar_i)
     x_hat               x_hat          (z_i - sqrt(1 - gbar_i) eps_hat) / sqrt(gbar_i)
     sigma_i^2           sigma2         (1 - gbar_{i-1}) / (1 - gbar_i) * (1 - alpha_i);  0 for DDIM
-    K                   samples        samples per condition
+    K                   samples        samples per condition (std: the sample standard deviation over them)
 
 tau(y) does not depend on t, so it is computed once per condition; each step runs only the tiny time network and
 the denoiser. The loop is a `tf.while_loop` inside one `tf.function`: no Python loop over steps and no
@@ -23,6 +23,7 @@ import tensorflow as tf
 from cvdm_tf.networks import crop_to, pad_to_multiple
 
 ALPHA_MIN, ALPHA_MAX = 1e-6, 0.99999
+LOG_GBAR_MIN = -60.0  # gbar >= 8.8e-27: sqrt(gbar) stays a normal float32
 
 
 class Sampler(tf.Module):
@@ -30,14 +31,14 @@ class Sampler(tf.Module):
 
     Args:
         model: CVDM. Its schedule, denoiser and (zero-mean) mean network are used, never changed.
-        clip: float. x_hat is clipped to [-clip, clip] in the diffusion's space (the data are scaled to [-1, 1]);
-            0 disables clipping.
+        clip: float or None. x_hat is clipped to [-clip, clip] in the diffusion's space; None takes the model's
+            `x_range` (the range its targets were scaled to); 0 disables clipping.
     """
 
-    def __init__(self, model, clip: float = 1.0, name: str = "sampler"):
+    def __init__(self, model, clip: float | None = None, name: str = "sampler"):
         super().__init__(name=name)
         self.model = model
-        self.clip = float(clip)
+        self.clip = float(model.model_config.x_range if clip is None else clip)
         self.size_multiple = model.model_config.size_multiple
         channels = model.model_config.condition_channels
         self.sample = tf.function(
@@ -94,9 +95,12 @@ class Sampler(tf.Module):
             la = log_alpha(i)
             # gbar_0 = 1 exactly (no noise at t = 0), whatever the round-off of the running sum.
             log_gbar_prev = tf.where(i > 1, log_gbar - la, tf.zeros_like(la))
-            gbar, gbar_prev = tf.exp(log_gbar), tf.exp(log_gbar_prev)
-            one_minus_gbar = -tf.math.expm1(log_gbar)
-            one_minus_gbar_prev = -tf.math.expm1(log_gbar_prev)
+            # Floors keep x_hat finite where gbar underflows (a steep schedule, no clip) and keep round-off in the
+            # running sum from making 1 - gbar negative.
+            gbar = tf.exp(tf.maximum(log_gbar, LOG_GBAR_MIN))
+            gbar_prev = tf.exp(tf.maximum(log_gbar_prev, LOG_GBAR_MIN))
+            one_minus_gbar = tf.maximum(-tf.math.expm1(log_gbar), 0.0)
+            one_minus_gbar_prev = tf.maximum(-tf.math.expm1(log_gbar_prev), 0.0)
             eps_hat = model((z, y_k, gbar))
             x_hat = (z - tf.sqrt(one_minus_gbar) * eps_hat) / tf.sqrt(gbar)
             if self.clip > 0:
@@ -126,7 +130,9 @@ class Sampler(tf.Module):
         height, width = tf.shape(x)[1], tf.shape(x)[2]
         x = tf.reshape(x, [batch, samples, height, width, -1])
         mean = tf.reduce_mean(x, axis=1)
-        std = tf.math.reduce_std(x, axis=1)
+        # Sample standard deviation (ddof = 1): unbiased variance over the K samples; 0 for K = 1.
+        k = tf.cast(samples, tf.float32)
+        std = tf.math.reduce_std(x, axis=1) * tf.sqrt(k / tf.maximum(k - 1.0, 1.0))
         crop = lambda v: crop_to(v, size)  # noqa: E731
         return {
             "mean": crop(mean),

@@ -133,7 +133,7 @@ class _LearnedTime(Schedule):
     """Shared by the learned kinds: rho(t) = t * f_rho(t) and lambda(t) = f_lambda(t), both monotone networks.
 
     t * f(t) with f positive and non-decreasing is increasing for t >= 0 and exactly 0 at t = 0. Both networks
-    start at the same constant scale, so rho' = lambda holds at initialisation (eq. 4 is satisfied from step 0),
+    start at the same constant scale, so rho' ~= lambda at initialisation (eq. 4 nearly holds from step 0),
     with tau * rho(1) = `initial_magnitude`: gamma(1) = exp(-magnitude) starts near 0.
     """
 
@@ -238,7 +238,7 @@ class CosineSchedule(Schedule):
     """The cosine schedule of Nichol & Dhariwal (2021): gamma(t) = cos^2(phi(t)) / cos^2(phi(0)),
     phi(t) = (t + s) / (1 + s) * pi / 2, so rho = -log gamma and lambda = -d log gamma/dt = pi/(1+s) tan(phi(t)).
 
-    gamma(1) = 0 exactly, where rho and lambda are infinite: t is clipped at `t_max` (gamma(t_max) ~ 1e-8);
+    gamma(1) = 0 exactly, where rho and lambda are infinite: t is clipped at `t_max` (gamma(t_max) ~ 2.4e-8);
     the sampler's alpha clip (eq. 10) handles the steep end as it does for learned schedules.
     """
 

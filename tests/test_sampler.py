@@ -12,9 +12,9 @@ from cvdm_tf.schedules import make_schedule
 class ExactGaussianModel(tf.Module):
     """x ~ N(mu, s^2) per pixel; the optimal noise prediction is E[eps | z] = sqrt(1-g) (z - sqrt(g) mu) / var(z)."""
 
-    def __init__(self, mu, s, kind="linear"):
+    def __init__(self, mu, s, kind="linear", beta_max=20.0):
         super().__init__()
-        self.model_config = ModelConfig(schedule=kind, depth=1, tau_depth=1, condition_channels=1)
+        self.model_config = ModelConfig(schedule=kind, depth=1, tau_depth=1, condition_channels=1, beta_max=beta_max)
         self.schedule = make_schedule(self.model_config)
         self.mu, self.s = mu, s
 
@@ -42,6 +42,22 @@ def test_exact_denoiser_reproduces_the_target_distribution(method, kind):
         errors[steps] = abs(samples.std() - s) / s
     assert errors[400] < 0.07
     assert errors[400] < errors[50] / 2  # the error shrinks with T
+
+
+def test_mean_and_std_are_over_the_k_samples():
+    out = Sampler(ExactGaussianModel(0.0, 1.0), clip=0.0)(tf.zeros([2, 8, 8, 1]), steps=20, samples=5, seed=3)
+    samples = out["samples"].numpy()
+    np.testing.assert_allclose(out["mean"].numpy(), samples.mean(axis=1), atol=1e-6)
+    np.testing.assert_allclose(out["std"].numpy(), samples.std(axis=1, ddof=1), rtol=1e-5)
+    one = Sampler(ExactGaussianModel(0.0, 1.0))(tf.zeros([1, 8, 8, 1]), steps=5, samples=1)
+    np.testing.assert_array_equal(one["std"].numpy(), 0.0)
+
+
+def test_a_schedule_steep_enough_to_underflow_gbar_still_samples_finite_values():
+    # beta_max = 200: gbar underflows float32 long before t = 1; with no clip x_hat divides by sqrt(gbar).
+    out = Sampler(ExactGaussianModel(0.3, 0.2, beta_max=200.0), clip=0.0)(tf.zeros([1, 8, 8, 1]), steps=100,
+                                                                         samples=2)
+    assert np.isfinite(out["samples"].numpy()).all()
 
 
 def test_point_mass_target_is_recovered_exactly():

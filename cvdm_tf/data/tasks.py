@@ -88,7 +88,8 @@ class QPITask:
         return (2.0 * phase / self.data.phase_max)[..., None]
 
     def denormalize_target(self, x):
-        """x [..., H, W, 1] -> phase in radians [..., H, W, 1] (zero-mean: phase is known up to a constant)."""
+        """x [..., H, W, 1] -> phase in radians [..., H, W, 1] (a rescaling; targets were zero-mean, since the
+        phase is known only up to a constant)."""
         return x * (self.data.phase_max / 2.0)
 
     def denormalize_spread(self, std):
