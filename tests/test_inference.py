@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from cli.main import main
+from cvdm_tf.cli.main import main
 from cvdm_tf import io
 from cvdm_tf.config import DataConfig, ModelConfig
 from cvdm_tf.data import sources
