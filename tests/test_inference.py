@@ -8,12 +8,12 @@ from click.testing import CliRunner
 
 from cvdm_tf.cli.main import main
 from cvdm_tf import io
-from cvdm_tf.config import DataConfig, ModelConfig
+from cvdm_tf.config import DataConfig
 from cvdm_tf.data import sources
 from cvdm_tf.data.tasks import QPITask
 from cvdm_tf.errors import InputError
 from cvdm_tf.inference import blend_window, preview_image, reconstruct, tile_starts, tiled_apply
-from cvdm_tf.schedules import make_schedule
+from test_sampler import ExactGaussianModel
 
 # === Tiling ===
 
@@ -89,21 +89,10 @@ def test_aligned_tiles_recover_an_offset_free_field(rng):
 # === reconstruct with a model whose answer is known ===
 
 
-class PointMassModel(tf.Module):
-    """x = mu exactly, whatever the condition: the exact noise prediction of a (nearly) point-mass target."""
-
-    def __init__(self, mu=0.5, s=1e-3):
-        super().__init__()
-        self.model_config = ModelConfig(schedule="linear", depth=2, tau_depth=1, condition_channels=2)
-        self.schedule = make_schedule(self.model_config)
-        self.mu, self.s = mu, s
-
-    def prior_mean(self, y):
-        return None
-
-    def __call__(self, inputs):
-        z, _, g = inputs
-        return tf.sqrt(1 - g) * (z - tf.sqrt(g) * self.mu) / (g * self.s**2 + 1 - g)
+def PointMassModel(mu=0.5, s=1e-3):
+    """x = mu exactly, whatever the condition: the exact denoiser of a (nearly) point-mass target, for a 2-channel
+    QPI condition and a size multiple of 4 (test_sampler's ExactGaussianModel)."""
+    return ExactGaussianModel(mu, s, condition_channels=2, depth=2)
 
 
 @pytest.fixture(scope="module")

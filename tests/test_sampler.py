@@ -12,9 +12,10 @@ from cvdm_tf.schedules import make_schedule
 class ExactGaussianModel(tf.Module):
     """x ~ N(mu, s^2) per pixel; the optimal noise prediction is E[eps | z] = sqrt(1-g) (z - sqrt(g) mu) / var(z)."""
 
-    def __init__(self, mu, s, kind="linear", beta_max=20.0):
+    def __init__(self, mu, s, kind="linear", beta_max=20.0, condition_channels=1, depth=1):
         super().__init__()
-        self.model_config = ModelConfig(schedule=kind, depth=1, tau_depth=1, condition_channels=1, beta_max=beta_max)
+        self.model_config = ModelConfig(schedule=kind, depth=depth, tau_depth=1, condition_channels=condition_channels,
+                                        beta_max=beta_max)
         self.schedule = make_schedule(self.model_config)
         self.mu, self.s = mu, s
 
