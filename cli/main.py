@@ -80,7 +80,68 @@ def main():
     """Conditional Variational Diffusion Models for inverse problems in imaging."""
 
 
-TASK = click.option("--task", default="qpi", show_default=True, help="The inverse problem (qpi).")
+def _task_names():
+    from cvdm_tf.tasks import TASK_NAMES
+
+    return TASK_NAMES
+
+
+TASK = click.option("--task", default="qpi", show_default=True,
+                    help=f"The inverse problem ({', '.join(_task_names())}).")
+
+
+def task_options(command_name: str):
+    """The options every task declares for `command_name` (`cvdm_tf.tasks.base.Option`), as click options; the
+    command receives them as one dict `task_values` of the values given (None where not given)."""
+    from cvdm_tf.tasks import TASK_OPTIONS
+
+    declared = {}
+    for name, options in TASK_OPTIONS.items():
+        for option in options:
+            if command_name in option.commands:
+                declared.setdefault(option.flag, (option, []))[1].append(name)
+
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            values = {flag: kwargs.pop(_param(flag)) for flag in declared}
+            return function(*args, task_values=values, **kwargs)
+
+        for flag, (option, owners) in sorted(declared.items(), reverse=True):
+            wrapper = click.option(flag, _param(flag), type=option.type,
+                                   help=f"{option.help} [{', '.join(owners)}]")(wrapper)
+        return wrapper
+
+    return decorate
+
+
+def _param(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def apply_task_options(task_name: str, data, values: dict, command_name: str):
+    """(data config with the given task options applied, {baseline: {keyword: value}}); an InputError for an
+    option of another task."""
+    import dataclasses
+
+    from cvdm_tf.tasks import TASK_OPTIONS
+
+    own = {option.flag: option for option in TASK_OPTIONS[task_name] if command_name in option.commands}
+    changes, baseline_options = {}, {}
+    for flag, value in values.items():
+        if value is None:
+            continue
+        if flag not in own:
+            raise InputError(f"{flag}: not an option of task {task_name}")
+        option = own[flag]
+        if option.baseline:
+            baseline_options.setdefault(option.baseline, {})[option.key] = value
+        else:
+            changes[option.key] = value
+    try:
+        return dataclasses.replace(data, **changes), baseline_options
+    except InputError as err:
+        raise InputError(f"option: {err}") from None
 
 
 # === train ===
@@ -100,16 +161,18 @@ TASK = click.option("--task", default="qpi", show_default=True, help="The invers
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @command
 def train(task, config_path, data, out, steps, batch_size, image_size, schedule, seed, checkpoint_every, resume):
-    """Train a CVDM. With no option: the QPI task on the images embedded in scikit-image.
+    """Train a CVDM. With no option: the QPI task on the images embedded in scikit-image; `--task biosr`:
+    super-resolution microscopy on simulated fluorescence structures (or `--data` a BioSR folder).
 
     Ctrl-C (or SIGTERM) saves a checkpoint and stops with exit code 130; `--resume --out RUN` continues the run
     from its last checkpoint to --steps in total (default: the run's own train.steps).
     """
-    from cvdm_tf.config import TASKS, default_config, load_config
+    from cvdm_tf.config import default_config, load_config
     from cvdm_tf.runs import TrainingError, run_config, train as run_training
+    from cvdm_tf.tasks import TASK_NAMES
 
-    if task not in TASKS:
-        raise InputError(f"--task: unknown task {task!r} (known: {', '.join(TASKS)})")
+    if task not in TASK_NAMES:
+        raise InputError(f"--task: unknown task {task!r} (known: {', '.join(TASK_NAMES)})")
     # --task defaults to qpi: only a --task the user gave must agree with the config or run.
     task_given = click.get_current_context().get_parameter_source("task") is not click.core.ParameterSource.DEFAULT
     if resume:
@@ -153,19 +216,21 @@ def train(task, config_path, data, out, steps, batch_size, image_size, schedule,
 @TASK
 @click.option("--input", "input_path", required=True, type=click.Path(), help="Ground-truth image(s): file or folder.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--noise", type=click.Choice(["none", "paper", "poisson"]), default="none", show_default=True)
-@click.option("--defocus", type=float, default=1.0, show_default=True, help="Defocus dz in micrometres.")
-@click.option("--wavelength", type=float, default=0.521, show_default=True, help="Wavelength in micrometres.")
-@click.option("--pixel-size", type=float, default=0.21, show_default=True, help="Pixel size in micrometres.")
-@click.option("--phase-max", type=float, default=3.5, show_default=True, help="Phase of an integer image's maximum.")
+@click.option("--noise", default="none", show_default=True, help="The task's noise model (qpi: none, paper, "
+              "poisson; biosr: none, poisson-gaussian).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@task_options("simulate")
 @command
-def simulate(task, input_path, out, noise, defocus, wavelength, pixel_size, phase_max, seed):
-    """Make measurements from ground truth: NAME.tif (raw I(-dz), I(+dz)) and NAME_phase.tif (radians)."""
-    from cvdm_tf.simulate import simulate_folder
+def simulate(task, input_path, out, noise, seed, task_values):
+    """Make measurements from ground truth (QPI: NAME.tif, the raw pair I(-dz), I(+dz), and NAME_phase.tif in
+    radians; BioSR: NAME.tif, the widefield image, and NAME_gt.tif, the SIM-like target, on the 2x grid)."""
+    from cvdm_tf.tasks import get_task
 
-    count = simulate_folder(task, input_path, out, noise=noise, defocus_um=defocus, wavelength_um=wavelength,
-                            pixel_size_um=pixel_size, phase_max=phase_max, seed=seed)
+    cls = get_task(task)
+    data, _ = apply_task_options(task, cls.DataConfig(), task_values, "simulate")
+    if noise not in cls.noise_models:
+        raise InputError(f"--noise: {noise!r} is not a noise model of task {task} ({', '.join(cls.noise_models)})")
+    count = cls(data).simulate_files(input_path, out, noise=noise, seed=seed)
     click.echo(f"wrote {count} simulated measurement(s) to {out}")
 
 
@@ -219,35 +284,43 @@ def export(run_dir, out, steps, samples):
 
 @main.command(name="eval")
 @click.option("--model", "run_dir", required=True, type=click.Path(), help="Run folder of `cvdm-tf train`.")
-@TASK
+@click.option("--task", help="The run's task (checked against the run; default: the run's).")
 @click.option("--data", "data_path", required=True, type=click.Path(),
-              help="Ground-truth images (file or folder): QPI phase, float TIFF in radians or integer images.")
-@click.option("--noise", type=click.Choice(["paper", "poisson", "none"]), default="paper", show_default=True)
+              help="What to evaluate on: QPI ground-truth phase images; BioSR a BioSR folder, wf/ + gt/ TIFF "
+                   "pairs, or structure images to simulate from.")
+@click.option("--noise", help="The task's noise model for simulated measurements (default: the run's).")
 @click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), help="T sampling steps (default: the run's).")
 @click.option("--sampler", "method", type=click.Choice(["ddpm", "ddim"]), help="Default: the run's.")
-@click.option("--baseline", "baselines", multiple=True, type=click.Choice(["tie"]), default=("tie",),
-              show_default=True, help="Classical baselines to compare with (repeatable).")
-@click.option("--tie-regularization", type=float,
-              help="TIE's Tikhonov weight (default: tuned on the evaluated images, the best TIE can do).")
+@click.option("--baseline", "baselines", multiple=True,
+              help="Baselines to compare with (repeatable; default: all of the task's: qpi tie; biosr bicubic, "
+                   "richardson-lucy).")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
 @click.option("--out", "report_path", required=True, type=click.Path(dir_okay=False), help="JSON report to write.")
+@task_options("eval")
 @command
-def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, tie_regularization, seed,
-          report_path):
-    """Simulate measurements from ground truth, reconstruct with the model and baselines, score them all."""
+def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, seed, report_path, task_values):
+    """Reconstruct measurements with the model and the task's baselines, score them all (MAE, PSNR, SSIM,
+    MS-SSIM and the task's own metrics)."""
+    import dataclasses
+
     from cvdm_tf import io
     from cvdm_tf.evaluation import evaluate, markdown_table
     from cvdm_tf.runs import load_run
+    from cvdm_tf.tasks import make_task
 
     config, task_object, model = load_run(run_dir)
-    if config.task != task:
+    if task and config.task != task:
         raise InputError(f"{run_dir}: the model was trained for task {config.task!r}, not {task!r}")
+    data, baseline_options = apply_task_options(config.task, config.data, task_values, "eval")
+    if data != config.data:
+        config = dataclasses.replace(config, data=data)
+        task_object = make_task(config.task, data)
     report = evaluate(config, task_object, model, data_path, noise=noise, samples=samples, steps=steps,
-                      method=method, seed=seed, baselines=baselines, tie_regularization=tie_regularization,
+                      method=method, seed=seed, baselines=baselines or None, baseline_options=baseline_options,
                       progress=lambda i, n, name: click.echo(f"[{i}/{n}] {name}", err=True))
     io.write_json(report_path, report)
-    click.echo(markdown_table(report))
+    click.echo(markdown_table(report, task_object.score_columns))
     click.echo(f"\nper-image metrics in {report_path}")
 
 

@@ -8,7 +8,8 @@ enough to rebuild the model (`load_config(run / "config.toml")`).
     [loss]     the weights of the regularised loss (cvdm-math.md section 3)
     [train]    optimiser, steps, logging and checkpoints
     [sampler]  T steps, K samples, ancestral (ddpm) or deterministic (ddim) updates
-    [data]     the task's physics, image source, crop size and noise model
+    [data]     the task's own table: physics, image source, crop size, noise model (the task's DataConfig,
+               cvdm_tf/tasks/)
 """
 
 from __future__ import annotations
@@ -29,10 +30,8 @@ else:  # pragma: no cover
 
 SCHEDULES = ("learned", "learned-global", "linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
-NOISE_MODELS = ("paper", "poisson", "none")
 NORMS = ("none", "instance", "group")
 MEANS = ("none", "network", "condition")
-TASKS = ("qpi",)
 
 
 @dataclass(frozen=True)
@@ -66,12 +65,12 @@ class ModelConfig:
     x_range: float = 1.0
 
     def __post_init__(self):
-        _check_choice("model.schedule", self.schedule, SCHEDULES)
-        _check_choice("model.norm", self.norm, NORMS)
-        _check_choice("model.mean", self.mean, MEANS)
+        check_choice("model.schedule", self.schedule, SCHEDULES)
+        check_choice("model.norm", self.norm, NORMS)
+        check_choice("model.mean", self.mean, MEANS)
         for name in ("condition_channels", "target_channels", "base_filters", "depth", "kernel_size",
                      "blocks_per_level", "tau_base_filters", "tau_depth", "time_units"):
-            _check_positive(f"model.{name}", getattr(self, name))
+            check_positive(f"model.{name}", getattr(self, name))
         if not 0 < self.beta_min < self.beta_max:
             raise InputError(f"model.beta_min/beta_max: need 0 < beta_min < beta_max, got {self.beta_min}, "
                              f"{self.beta_max}")
@@ -91,7 +90,7 @@ class LossConfig:
 
     def __post_init__(self):
         for name in ("w", "alpha"):
-            _check_non_negative(f"loss.{name}", getattr(self, name))
+            check_non_negative(f"loss.{name}", getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -111,64 +110,43 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "preview_every"):
-            _check_positive(f"train.{name}", getattr(self, name))
+            check_positive(f"train.{name}", getattr(self, name))
         if not self.learning_rate > 0:
             raise InputError(f"train.learning_rate: must be > 0, got {self.learning_rate}")
         if not 0 <= self.ema_momentum < 1:
             raise InputError(f"train.ema_momentum: must be in [0, 1), got {self.ema_momentum}")
         if not 0 <= self.validation_fraction < 1:
             raise InputError(f"train.validation_fraction: must be in [0, 1), got {self.validation_fraction}")
-        _check_positive("train.validation_batches", self.validation_batches)
+        check_positive("train.validation_batches", self.validation_batches)
         if not 0 <= self.seed < 2**31:
             raise InputError(f"train.seed: must be in [0, 2**31), got {self.seed}")
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
+    """T steps, K samples, the update (ddpm | ddim) and how the schedule is discretised (cvdm_tf/sampler.py)."""
+
+    DISCRETISATIONS: typing.ClassVar[tuple] = ("exact", "paper")  # gbar_i = gamma(t_i, y) | eq. 10
+    GRIDS: typing.ClassVar[tuple] = ("uniform", "log-snr")  # t_i = i / T | uniform in log-SNR
+
     steps: int = 200
     samples: int = 4
     method: str = "ddpm"
+    discretisation: str = "exact"
+    grid: str = "uniform"
 
     def __post_init__(self):
-        _check_positive("sampler.steps", self.steps)
-        _check_positive("sampler.samples", self.samples)
-        _check_choice("sampler.method", self.method, SAMPLERS)
+        check_positive("sampler.steps", self.steps)
+        check_positive("sampler.samples", self.samples)
+        check_choice("sampler.method", self.method, SAMPLERS)
+        check_choice("sampler.discretisation", self.discretisation, self.DISCRETISATIONS)
+        check_choice("sampler.grid", self.grid, self.GRIDS)
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """Where training images come from and the task's forward physics (QPI: cvdm-math.md section 6)."""
+def _default_data():
+    from cvdm_tf.tasks import data_config_class
 
-    source: str = ""  # "" = the images embedded in scikit-image; else a folder, an image or a .npy/.npz stack
-    image_size: int = 64
-    wavelength_um: float = 0.521
-    pixel_size_um: float = 0.21
-    defocus_um: float = 1.0
-    phase_max: float = 3.5
-    # "image": scale phase over the whole source image, then crop (keeps the physical phase gradients of the
-    # full image); "crop": scale every crop to [0, phase_max] (the reference's choice).
-    phase_scaling: str = "image"
-    noise: str = "paper"
-    noise_max: float = 0.2  # paper noise: lam_n ~ U(0, noise_max) per pair
-    photons_per_pixel: float = 1000.0  # poisson noise
-    read_noise: float = 2.0  # poisson noise: Gaussian read noise, in photons
-    augment: bool = True
-    # QPI: give the network the classical FFT-TIE phase as an extra condition channel (physics-informed
-    # conditioning; with model.mean = "condition" the diffusion learns the correction to TIE).
-    tie_channel: bool = False
-    tie_regularization: float = 1e-6
-    # Synthetic cell phantoms (cvdm_tf.data.phantoms, 256 px) added to the training images.
-    phantoms: int = 0
-
-    def __post_init__(self):
-        _check_choice("data.noise", self.noise, NOISE_MODELS)
-        _check_choice("data.phase_scaling", self.phase_scaling, ("image", "crop"))
-        _check_positive("data.image_size", self.image_size)
-        for name in ("wavelength_um", "pixel_size_um", "defocus_um", "phase_max", "photons_per_pixel"):
-            if not getattr(self, name) > 0:
-                raise InputError(f"data.{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("noise_max", "read_noise", "tie_regularization"):
-            _check_non_negative(f"data.{name}", getattr(self, name))
+    return data_config_class("qpi")()
 
 
 @dataclass(frozen=True)
@@ -178,10 +156,17 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    #: The task's own DataConfig (cvdm_tf/tasks/<task>.py).
+    data: typing.Any = field(default_factory=_default_data)
 
     def __post_init__(self):
-        _check_choice("task", self.task, TASKS)
+        from cvdm_tf.tasks import TASK_NAMES, data_config_class
+
+        check_choice("task", self.task, TASK_NAMES)
+        expected = data_config_class(self.task)
+        if not isinstance(self.data, expected):
+            raise InputError(f"data: task {self.task!r} needs its own [data] table ({expected.__module__}), got "
+                             f"{type(self.data).__module__}")
         # Training crops go through the U-Nets whole (no padding), so they must survive `depth` halvings.
         multiple = self.model.size_multiple
         if self.data.image_size % multiple:
@@ -227,8 +212,10 @@ def load_config(path) -> Config:
 
 def default_config(task: str) -> Config:
     """The shipped config for a task (`configs/<task>.toml`)."""
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+    from cvdm_tf.tasks import TASK_NAMES
+
+    if task not in TASK_NAMES:
+        raise InputError(f"unknown task {task!r} (known: {', '.join(TASK_NAMES)})")
     text = resources.files("cvdm_tf.configs").joinpath(f"{task}.toml").read_text()
     return from_dict(tomllib.loads(text), source=f"configs/{task}.toml")
 
@@ -244,6 +231,11 @@ def _build(cls, data, prefix, source):
     kwargs = {}
     for key, value in data.items():
         kind = hints[key]
+        if cls is Config and key == "data":  # the [data] table is the task's own
+            from cvdm_tf.tasks import data_config_class
+
+            task = data.get("task", "qpi")
+            kind = data_config_class(task) if isinstance(task, str) else kind
         if dataclasses.is_dataclass(kind):
             kwargs[key] = _build(kind, value, prefix=f"{prefix}{key}.", source=source)
         else:
@@ -267,17 +259,17 @@ def _coerce(value, kind, key, source):
     return kind(value)
 
 
-def _check_choice(key, value, choices):
+def check_choice(key, value, choices):
     if value not in choices:
         raise InputError(f"{key}: {value!r} is not one of {', '.join(choices)}")
 
 
-def _check_positive(key, value):
+def check_positive(key, value):
     if value <= 0:
         raise InputError(f"{key}: must be > 0, got {value}")
 
 
-def _check_non_negative(key, value):
+def check_non_negative(key, value):
     if not value >= 0:  # also rejects NaN
         raise InputError(f"{key}: must be >= 0, got {value}")
 

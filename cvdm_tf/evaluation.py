@@ -1,14 +1,14 @@
-"""`cvdm-tf eval`: reconstruct simulated measurements with a model and with classical baselines, score them all.
+"""`cvdm-tf eval`: reconstruct measurements with a model and with the task's classical baselines, score them all.
 
-For each ground-truth image in the data path:
-    1. the truth (QPI: phase in radians; integer images scaled to [0, phase_max], float images as they are);
-    2. the condition the task's physics makes of it, with the chosen noise model (seeded per image);
-    3. reconstructions: the model (mean of K samples, with its std and schedule maps) and each baseline
-       (`tie`: the FFT-TIE solver, its Tikhonov weight tuned on the evaluated images unless given: an oracle
-       choice that makes it the best TIE can do);
-    4. metrics against the truth, offset-free for QPI (each image's mean removed: phase is known up to a
-       constant): MAE in radians and in the paper's [-1, 1] scale (radians * 2 / phase_max), MS-SSIM (data range
-       = the truth's range), and for the model the rank correlations of its std and schedule maps with the error.
+For each evaluation case of the task (`task.eval_cases`: QPI simulates measurements from ground-truth phase
+images; BioSR reads measured widefield / SIM pairs, or simulates them from structure images):
+    1. the truth in physical units, and the raw measurement;
+    2. reconstructions: the model (mean of K samples, with its std and schedule maps) and each baseline (tuned
+       once on all cases first: an oracle where the baseline's parameter is chosen on the truth, so it is the
+       best that baseline can do);
+    3. the task's metrics against the truth (`task.score`: MAE, PSNR, SSIM and MS-SSIM for every task, plus its
+       own, e.g. resolution for microscopy), and for the model the rank correlations of its std and schedule maps
+       with its error (both centred the way the task scores: offset-free for QPI).
 """
 
 from __future__ import annotations
@@ -16,88 +16,94 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import tensorflow as tf
 
 from cvdm_tf import metrics
-from cvdm_tf.data import sources
 from cvdm_tf.errors import InputError
-from cvdm_tf.physics.tie import tune_regularization
-from cvdm_tf.simulate import phase_from_image
-
-BASELINES = ("tie",)
 
 
-def score(estimate, truth, phase_max):
-    a, b = metrics.offset_free(np.asarray(estimate, np.float64), np.asarray(truth, np.float64))
-    data_range = float(np.ptp(b)) or 1.0
-    error = metrics.mae(a, b)
-    return {"mae_rad": error, "mae_paper": error * 2.0 / phase_max, "ms_ssim": metrics.ms_ssim(a, b, data_range)}
+def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, method=None, seed=0,
+             baselines=None, baseline_options=None, progress=None) -> dict:
+    """Per-image and mean metrics of the model and the task's baselines on the cases in `data_path`.
 
-
-def evaluate(config, task, model, data_path, noise="paper", samples=4, steps=None, method=None, seed=0,
-             baselines=BASELINES, tie_regularization=None, progress=None) -> dict:
-    """Per-image and mean metrics of the model and the baselines on the images in `data_path`."""
+    Args:
+        config, task, model: a run, as `cvdm_tf.runs.load_run` gives it.
+        data_path: path. What the task evaluates on (QPI: ground-truth phase images).
+        noise: str or None. The task's noise model for simulated measurements (default: the config's).
+        samples, steps, method, seed: K, T, "ddpm" / "ddim" and the seed of the model's sampler.
+        baselines: names of the task's baselines (default: all of them).
+        baseline_options: dict name -> dict of keyword arguments of that baseline (e.g. a fixed parameter).
+        progress: callable(i, n, name) or None.
+    """
     from cvdm_tf.inference import reconstruct
     from cvdm_tf.sampler import Sampler
 
-    d = config.data
-    for baseline in baselines:
-        if baseline not in BASELINES:
-            raise InputError(f"unknown baseline {baseline!r} (known: {', '.join(BASELINES)})")
-    items = sources.iter_source_images(data_path, with_dtype=True)
-    truths = [(name, phase_from_image(image, dtype, d.phase_max)) for name, image, dtype in items]
-    measured = [task.add_noise(task.measure(tf.constant(truth)), tf.constant([seed, i], tf.int64), noise=noise)
-                .numpy() for i, (_, truth) in enumerate(truths)]
+    available = task.baselines()
+    baselines = list(available) if baselines is None else list(baselines)
+    for name in baselines:
+        if name not in available:
+            raise InputError(f"unknown baseline {name!r} for task {task.name} (known: {', '.join(available)})")
+    noise = noise or getattr(task.data, "noise", "none")
+    if noise not in task.noise_models:
+        raise InputError(f"--noise: {noise!r} is not a noise model of task {task.name} "
+                         f"({', '.join(task.noise_models)})")
+    cases = task.eval_cases(data_path, noise, seed)
+    if not cases:
+        raise InputError(f"{data_path}: nothing to evaluate")
+    methods = {name: available[name](**(baseline_options or {}).get(name, {})) for name in baselines}
+    tuned = {}
+    for baseline in methods.values():
+        tuned.update(baseline.tune(cases))
 
-    regularization = tie_regularization
-    if "tie" in baselines and regularization is None:
-        # Oracle tuning per image set: images may differ in size, so tune on each and take the median.
-        choices = [tune_regularization(m[None], t[None], solver="fft", defocus_um=d.defocus_um,
-                                       wavelength_um=d.wavelength_um, pixel_size_um=d.pixel_size_um)[0]
-                   for m, (_, t) in zip(measured, truths)]
-        regularization = float(np.exp(np.median(np.log(choices))))
-
+    steps = steps or config.sampler.steps
+    method = method or config.sampler.method
     images = []
     sampler = Sampler(model)  # one compiled graph for every image
-    for i, ((name, truth), condition) in enumerate(zip(truths, measured)):
-        out = reconstruct(model, task, condition, samples=samples, steps=steps or config.sampler.steps,
-                          method=method or config.sampler.method, seed=seed, sampler=sampler)
+    for i, case in enumerate(cases):
+        out = reconstruct(model, task, case.measurement, samples=samples, steps=steps, method=method, seed=seed,
+                          sampler=sampler)
         mean = np.asarray(out["mean"])[..., 0]
-        row = {"name": name, "shape": list(truth.shape), "cvdm": score(mean, truth, d.phase_max)}
-        centred_mean, centred_truth = metrics.offset_free(mean, truth)
-        error = np.abs(centred_mean - centred_truth)
+        truth = np.asarray(case.truth)
+        row = {"name": case.name, "group": case.group, "shape": list(truth.shape), "cvdm": task.score(mean, truth)}
+        # The error the maps should track, centred as the task scores it (QPI: each image's mean phase removed).
+        centred_mean, centred_truth = task.centre(mean, truth)
         row["cvdm"].update(metrics.uncertainty_correlations(np.asarray(out["std"])[..., 0],
-                                                            np.asarray(out["schedule"])[..., 0], mean, truth))
-        row["cvdm"]["mean_std_rad"] = float(np.mean(out["std"]))
-        row["cvdm"]["mean_abs_error_rad"] = float(np.mean(error))
-        if "tie" in baselines:
-            tie = np.asarray(task.baseline(tf.constant(condition), regularization))[..., 0]
-            row["tie"] = score(tie, truth, d.phase_max)
+                                                            np.asarray(out["schedule"])[..., 0],
+                                                            centred_mean, centred_truth))
+        row["cvdm"]["mean_std"] = float(np.mean(out["std"]))
+        row["cvdm"]["mean_abs_error"] = float(np.mean(np.abs(centred_mean - centred_truth)))
+        for name, baseline in methods.items():
+            row[name] = task.score(baseline(case.measurement), truth)
         images.append(row)
         if progress:
-            progress(i + 1, len(truths), name)
+            progress(i + 1, len(cases), case.name)
 
-    methods = ["cvdm"] + [b for b in baselines]
-    summary = {}
-    with warnings.catch_warnings():  # a rank correlation is NaN for a constant map; the mean skips it
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for method_name in methods:
-            keys = images[0][method_name].keys()
-            summary[method_name] = {k: float(np.nanmean([row[method_name][k] for row in images])) for k in keys}
     return {
-        "task": config.task, "noise": noise, "samples": samples, "steps": steps or config.sampler.steps,
-        "sampler": method or config.sampler.method, "seed": seed, "tie_regularization": regularization,
-        "images": images, "mean": summary,
+        "task": config.task, "noise": noise, "samples": samples, "steps": steps, "sampler": method, "seed": seed,
+        **tuned, "images": images, "mean": _means(images, ["cvdm", *methods]),
+        "groups": {group: _means([row for row in images if row["group"] == group], ["cvdm", *methods])
+                   for group in sorted({row["group"] for row in images}) if group},
     }
 
 
-def markdown_table(report: dict) -> str:
-    lines = ["| method | MAE (rad) | MAE ([-1, 1]) | MS-SSIM | rank corr. std~error | rank corr. schedule~error |",
-             "|---|---|---|---|---|---|"]
-    for method_name, values in report["mean"].items():
-        std = values.get("std_vs_error")
-        sched = values.get("schedule_vs_error")
-        fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
-        lines.append(f"| {method_name} | {values['mae_rad']:.4f} | {values['mae_paper']:.4f} | "
-                     f"{values['ms_ssim']:.4f} | {fmt(std)} | {fmt(sched)} |")
+def _means(rows, methods) -> dict:
+    summary = {}
+    with warnings.catch_warnings():  # a rank correlation is NaN for a constant map; the mean skips it
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for name in methods:
+            keys = rows[0][name].keys()
+            summary[name] = {k: float(np.nanmean([row[name][k] for row in rows])) for k in keys}
+    return summary
+
+
+def markdown_table(report: dict, columns) -> str:
+    """The report's mean metrics as a markdown table; `columns` are the task's (key, header, format) triples."""
+    extra = (("std_vs_error", "rank corr. std~error", ".3f"), ("schedule_vs_error", "rank corr. schedule~error",
+                                                                 ".3f"))
+    columns = tuple(columns) + extra
+    lines = ["| method | " + " | ".join(header for _, header, _ in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for name, values in report["mean"].items():
+        cells = [format(values[key], fmt) if key in values and np.isfinite(values[key]) else ""
+                 for key, _, fmt in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

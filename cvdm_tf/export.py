@@ -3,19 +3,21 @@
 The exported module takes the raw measurement and returns physical units, so a server needs nothing of this
 package: the graph holds, in order,
 
-    1. the task's normalisation of the raw condition (QPI: the intensity pair divided by its mean intensity);
+    1. the task's condition of the raw measurement (QPI: the intensity pair divided by its mean intensity, and
+       the TIE estimate; BioSR: the percentile-normalised widefield image upsampled to the 2x grid);
     2. the sampling loop of `cvdm_tf.sampler.Sampler` (one `tf.while_loop` over the T steps, K samples per
        condition, stateless noise seeded by (seed, step));
-    3. the de-normalisation of the result (QPI: mean and std in radians; the schedule map tau * rho(1) as is).
+    3. the task's (offset, scale) to physical units (QPI: radians; BioSR: the input's intensity units); the
+       schedule map tau * rho(1) as is.
 
 Signatures:
 
     serving_default(condition)                       -> mean, std, schedule      T, K and the seed fixed at export
     sample(condition, steps, samples, seed)          -> mean, std, schedule, samples
 
-condition is the raw measurement, float32 [batch, H, W, C_in] for any H and W (QPI: the intensity pair
-(I(-dz), I(+dz)), C_in = 2); mean, std and schedule are float32 [batch, H, W, C_out]; samples is
-[batch, K, H, W, C_out]. The resolved config of the run travels with the export as `assets/cvdm_config.toml`.
+condition is the raw measurement, float32 [batch, h, w, C_in] for any h and w (QPI: the intensity pair
+(I(-dz), I(+dz)), C_in = 2; BioSR: a widefield image, C_in = 1); mean, std and schedule are float32
+[batch, H, W, C_out] on the output grid (H = h for QPI, 2h for BioSR); samples is [batch, K, H, W, C_out]. The resolved config of the run travels with the export as `assets/cvdm_config.toml`.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ class ExportedSampler(tf.Module):
 
     Args:
         model: CVDM. Restored with the weights to export (EMA, as `load_run` gives them).
-        task: the task (e.g. QPITask). Its normalize_condition / denormalize_target / denormalize_spread are traced
-            into the graph, so they must be pure TensorFlow.
+        task: the task (a `cvdm_tf.tasks.base.Task`). Its `condition` and `units` are traced into the graph, so
+            they must be pure TensorFlow.
         steps: int. T of `serving_default`.
         samples: int. K of `serving_default`.
         method: str. "ddpm" (ancestral) or "ddim" (deterministic), for both signatures.
@@ -57,7 +59,7 @@ class ExportedSampler(tf.Module):
         self._task = task  # plain Python: only its TensorFlow functions are traced, nothing of it is saved
         self.steps, self.samples, self.seed, self.method = int(steps), int(samples), int(seed), method
         # The raw measurement, before normalize_condition (which may add channels, e.g. QPI's TIE estimate).
-        channels = getattr(task, "measurement_channels", task.condition_channels)
+        channels = task.measurement_channels
         condition = tf.TensorSpec([None, None, None, channels], tf.float32, name="condition")
         scalar = lambda name: tf.TensorSpec([], tf.int32, name=name)  # noqa: E731
         self.serve = tf.function(self._serve, input_signature=[condition])
@@ -67,18 +69,17 @@ class ExportedSampler(tf.Module):
 
     def _sample(self, condition, steps, samples, seed):
         task = self._task
-        out = self.sampler.sample(
-            task.normalize_condition(condition), steps, samples, seed, tf.constant(self.method == "ddim")
-        )
+        out = self.sampler.sample(task.condition(condition), steps, samples, seed, tf.constant(self.method == "ddim"))
+        offset, scale = task.units(condition)
         # The channel count is static, so the signatures state it ([-1, -1, -1, C_out] in saved_model_cli).
         image = lambda v: tf.ensure_shape(v, [None, None, None, task.target_channels])  # noqa: E731
-        mean = image(task.denormalize_target(out["mean"]))
+        mean = image(out["mean"] * scale + offset)
         return {
             "mean": mean,
-            "std": image(task.denormalize_spread(out["std"])),
+            "std": image(out["std"] * tf.abs(scale)),
             # Target-shaped already; broadcast so the contract [batch, H, W, C_out] holds for every schedule kind.
             "schedule": image(tf.broadcast_to(out["schedule"], tf.shape(mean))),
-            "samples": tf.ensure_shape(task.denormalize_target(out["samples"]),
+            "samples": tf.ensure_shape(out["samples"] * scale[:, None] + offset[:, None],
                                        [None, None, None, None, task.target_channels]),
         }
 

@@ -9,14 +9,17 @@ output folder gets
     NAME_preview.png   input (first channel) | mean | std | schedule, each with its colour bar and min / max
 
 One image, in order:
-    1. read it (the readers refuse NaN/Inf, corrupt files, ...) and check its channel count against the model;
-    2. normalise the WHOLE image with the task (QPI divides by the image's own mean intensity, so every tile of a
-       large image sees the same normalisation as the full image would);
+    1. read it with the task's reader (the readers refuse NaN/Inf, corrupt files, ...) and check its channel
+       count against the task;
+    2. make the condition of the WHOLE image with the task (normalisation, the task's estimate, and the output
+       grid: 2x for super-resolution), so every tile of a large image sees what the full image would;
     3. images smaller than the model's size multiple are padded up (symmetric), the result cropped back;
-    4. images larger than `tile` are cut into overlapping tiles (a quarter of a tile overlap), sampled in batches
-       and blended with a separable raised-cosine window, normalised by the summed weights (`tiled_apply`); the
-       mean's per-tile offsets are first reconciled in the overlaps (the QPI phase is offset-free per tile);
-    5. back to physical units with the task; outputs are written (atomically) only after sampling succeeded.
+    4. images larger than `tile` (output pixels) are cut into overlapping tiles (a quarter of a tile overlap),
+       sampled in batches and blended with a separable raised-cosine window, normalised by the summed weights
+       (`tiled_apply`); outputs the task calls offset-free (QPI's phase) get their per-tile offsets reconciled in
+       the overlaps first;
+    5. back to physical units with the task's (offset, scale); outputs are written (atomically, with the output
+       pixel size in the TIFF metadata) only after sampling succeeded.
 
 A file that fails is reported and skipped; the others are finished (`InferReport.failed`).
 """
@@ -89,11 +92,13 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
     """
     out_dir = Path(out_dir)
     _check_options(samples, steps, batch_size, tile, method)
-    files = _input_files(input_path, out_dir)  # before loading the model: a typo fails fast
     from cvdm_tf.runs import load_run
     from cvdm_tf.sampler import Sampler
 
+    if not Path(input_path).exists():  # before loading the model: a typo fails fast
+        raise InputError(f"{os.fspath(input_path)}: no such file or folder")
     config, task, model = load_run(run_dir)
+    files = _input_files(input_path, out_dir, task)
     steps = steps or config.sampler.steps
     method = method or config.sampler.method
     multiple = model.model_config.size_multiple
@@ -115,7 +120,8 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
                 continue
             for name, raw, result in results:
                 try:
-                    report.written[name] = write_outputs(out_dir, name, raw, result, unit=task.target_unit)
+                    report.written[name] = write_outputs(out_dir, name, raw, result, unit=task.target_unit,
+                                                         pixel_size_um=task.output_pixel_size_um)
                 except OSError as err:
                     message = f"{path}: cannot write the outputs of {name} to {out_dir} ({err.strerror or err})"
                     report.failed.append(message)
@@ -132,7 +138,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
 def _reconstruct_file(path, base, used, model, task, sampler, samples, steps, method, seed, tile, batch_size,
                       progress):
     """[(name, raw, result)] for every image of one file (a stack gives NAME_000, NAME_001, ...); all or nothing."""
-    images = sources.read_stack(path)
+    images = task.read_measurements(path)
     results = []
     for number, raw in enumerate(images):
         try:
@@ -146,11 +152,12 @@ def _reconstruct_file(path, base, used, model, task, sampler, samples, steps, me
     return [(sources.unique_name(name, used), raw, result) for name, raw, result in results]
 
 
-def write_outputs(out_dir: Path, name: str, raw: np.ndarray, result: dict, unit: str = "") -> list[Path]:
+def write_outputs(out_dir: Path, name: str, raw: np.ndarray, result: dict, unit: str = "",
+                  pixel_size_um: float | None = None) -> list[Path]:
     """NAME_mean.tif, NAME_std.tif, NAME_schedule.tif and NAME_preview.png, each written atomically."""
     paths = []
     for key in ("mean", "std", "schedule"):
-        paths.append(io.write_tiff(out_dir / f"{name}_{key}.tif", result[key]))
+        paths.append(io.write_tiff(out_dir / f"{name}_{key}.tif", result[key], pixel_size_um=pixel_size_um))
     preview = preview_image(raw[..., 0], result["mean"][..., 0], result["std"][..., 0],
                             result["schedule"][..., 0], unit=unit)
     paths.append(io.write_png(out_dir / f"{name}_preview.png", preview))
@@ -167,20 +174,20 @@ def _check_options(samples, steps, batch_size, tile, method):
         raise InputError(f"--sampler: must be ddpm or ddim, got {method!r}")
 
 
-def _input_files(input_path, out_dir: Path) -> list[tuple[Path, str]]:
+def _input_files(input_path, out_dir: Path, task) -> list[tuple[Path, str]]:
     """(path, output base name) per input file; a folder's names join sub-folders with `_` (`sub/a.tif` -> `sub_a`)."""
     root = Path(input_path)
     if not root.exists():
         raise InputError(f"{os.fspath(input_path)}: no such file or folder")
     if not root.is_dir():
         return [(root, root.stem)]
-    found = sources.list_images(root)
+    found = sources.list_images(root, suffixes=task.input_suffixes)
     # An output folder inside the input folder: earlier outputs are not inputs.
     out = out_dir.resolve()
     found = [p for p in found if out not in p.resolve().parents]
-    # `cvdm-tf simulate` writes NAME.tif beside NAME_phase.tif (the truth): the truth is not a measurement.
+    # `cvdm-tf simulate` writes the truth beside each measurement: the truth is not an input.
     stems = {(p.parent, p.stem) for p in found}
-    found = [p for p in found if not (p.stem.endswith("_phase") and (p.parent, p.stem[: -len("_phase")]) in stems)]
+    found = [p for p in found if not task.is_truth_file(p, stems)]
     if not found:
         raise InputError(f"{os.fspath(input_path)}: no images found outside the output folder {out_dir}")
     return [(p, "_".join(p.relative_to(root).with_suffix("").parts)) for p in found]
@@ -196,8 +203,8 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
     Args:
         model: CVDM (e.g. from `runs.load_run`).
         task: the run's task (normalises the condition, denormalises the result).
-        raw_condition: array [H, W, C]. The raw measurement (QPI: the intensity pair as `cvdm-tf simulate` writes
-            it), any H x W.
+        raw_condition: array [h, w, C_m]. The raw measurement (QPI: the intensity pair as `cvdm-tf simulate` writes
+            it; BioSR: a widefield image), any h x w.
         samples, steps, method, seed: K, T, "ddpm" / "ddim" and the random seed of the sampler.
         tile: int. Largest side sampled in one piece; larger images are tiled (`tiled_apply`).
         batch_size: int. Tiles per sampler call.
@@ -206,8 +213,8 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
             over many images (it is traced once, for any image size).
 
     Returns:
-        dict of float32 [H, W, C_target]: `mean` and `std` (over the K samples) in the task's units (QPI:
-        radians) and `schedule` (tau * rho(1)).
+        dict of float32 [H, W, C_target] on the output grid (H = task.scale * h): `mean` and `std` (over the K
+        samples) in the task's units (QPI: radians) and `schedule` (tau * rho(1)).
 
     Raises:
         InputError: wrong channel count, not an image, values that cannot be normalised, or a tile smaller than
@@ -218,26 +225,22 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
     from cvdm_tf.sampler import Sampler
 
     raw = np.asarray(raw_condition, dtype=np.float32)
-    # The raw measurement may have fewer channels than the network's condition (QPI adds the TIE estimate).
-    channels = getattr(task, "measurement_channels", model.model_config.condition_channels)
     if raw.ndim != 3:
         raise InputError(f"expected one image [H, W, C], got an array of shape {raw.shape}")
-    if raw.shape[-1] != channels:
-        raise InputError(
-            f"has {raw.shape[-1]} channel(s), the model needs {channels}"
-            + (" (the raw intensity pair I(-dz), I(+dz), as `cvdm-tf simulate` writes it)"
-               if getattr(task, "name", "") == "qpi" else "")
-        )
+    if raw.shape[-1] != task.measurement_channels:
+        raise InputError(f"has {raw.shape[-1]} channel(s), the model needs {task.measurement_channels} "
+                         f"({task.describe_measurement()})")
     # 2. The whole image at once: tiles must share the image's normalisation (QPI: its mean intensity and the TIE
-    # estimate, a global Fourier-space solve).
-    y = np.asarray(task.normalize_condition(tf.constant(raw)), dtype=np.float32)
+    # estimate, a global Fourier-space solve; BioSR: its percentiles) and its (offset, scale) to physical units.
+    y = np.asarray(task.condition(tf.constant(raw)), dtype=np.float32)
+    offset, scale = (np.asarray(v, np.float32) for v in task.units(tf.constant(raw)))
     if y.shape[-1] != model.model_config.condition_channels:
         raise InputError(f"the run's task gives {y.shape[-1]} condition channel(s), its model takes "
                          f"{model.model_config.condition_channels} (a damaged run folder?)")
-    if not np.isfinite(y).all():
+    if not (np.isfinite(y).all() and np.isfinite(offset).all() and np.isfinite(scale).all()):
         raise InputError("pixel values too large to normalise (the condition is not finite)")
     # 3. Symmetric padding up to the size multiple (the sampler's own padding needs pad <= size).
-    height, width = raw.shape[:2]
+    height, width = y.shape[:2]
     multiple = model.model_config.size_multiple
     if tile < multiple:
         raise InputError(f"tile: must be at least the model's size multiple {multiple}, got {tile}")
@@ -260,14 +263,14 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         return {"mean": out["mean"].numpy(), "std": out["std"].numpy(), "schedule": out["schedule"].numpy()}
 
     # 4. Tiles (or the whole image as one tile).
-    # The mean is aligned across tiles: QPI's target is offset-free, each tile's phase is known up to a constant.
-    blended = tiled_apply(predict, y, tile, batch_size=batch_size, progress=progress, align=("mean",))
+    blended = tiled_apply(predict, y, tile, batch_size=batch_size, progress=progress,
+                          align=task.offset_free_outputs)
     crop = (slice(0, height), slice(0, width))
     # 5. Physical units.
-    mean = np.asarray(task.denormalize_target(blended["mean"][crop]), dtype=np.float32)
+    mean = (blended["mean"][crop] * scale + offset).astype(np.float32)
     # The std is blended like the mean (not as a variance): a weighted mean of per-tile estimates keeps their
     # expected value, so overlaps do not show up brighter (sqrt of an averaged variance would, by Jensen).
-    std = np.asarray(task.denormalize_spread(np.maximum(blended["std"][crop], 0.0)), dtype=np.float32)
+    std = (np.maximum(blended["std"][crop], 0.0) * np.abs(scale)).astype(np.float32)
     return {"mean": mean, "std": std, "schedule": blended["schedule"][crop].astype(np.float32)}
 
 

@@ -58,15 +58,18 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_tiff(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """Write an image as a ``float32`` TIFF, atomically.
+def write_tiff(path: str | os.PathLike, array: np.ndarray, pixel_size_um: float | None = None) -> Path:
+    """Write an image as a ``float32`` TIFF, atomically, with its physical pixel size when known.
 
-    ``[H, W]`` and ``[H, W, 1]`` are written as one grey plane; ``[H, W, C]`` as one page with ``C``
-    interleaved samples (read back as ``H x W x C`` by tifffile and by :func:`cvdm_tf.data.sources.read_image`).
+    ``[H, W]`` and ``[H, W, 1]`` are written as one grey plane in ImageJ's format (Fiji reads the pixel size in
+    micrometres from it; tifffile and napari read the resolution tags); ``[H, W, C]`` as one page with ``C``
+    interleaved samples (read back as ``H x W x C`` by tifffile and by :func:`cvdm_tf.data.sources.read_image`),
+    its pixel size in the standard TIFF resolution tags (pixels per centimetre).
 
     Args:
         path: str or path-like. Target file; parent folders are created.
         array: array-like. ``[H, W]`` or ``[H, W, C]``, converted to ``float32``.
+        pixel_size_um: float or None. The pixel size in micrometres, written as metadata.
 
     Returns:
         Path: ``path``.
@@ -84,9 +87,34 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray) -> Path:
     options = {"photometric": "minisblack"}
     if data.ndim == 3:
         options["planarconfig"] = "contig"
+        if pixel_size_um:
+            options.update(resolution=(1e4 / pixel_size_um,) * 2, resolutionunit="CENTIMETER")
+    elif pixel_size_um:
+        options.update(imagej=True, resolution=(1.0 / pixel_size_um,) * 2, metadata={"unit": "um"})
     with atomic_write(path) as tmp:
         tifffile.imwrite(tmp, data, **options)
     return Path(path)
+
+
+def tiff_pixel_size_um(path: str | os.PathLike) -> float | None:
+    """The pixel size in micrometres that :func:`write_tiff` (or ImageJ) stored in a TIFF, or None."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        if "XResolution" not in tags:
+            return None
+        numerator, denominator = tags["XResolution"].value
+        unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 1
+        per_unit = numerator / denominator
+        if not per_unit:
+            return None
+        if int(unit) == 3:  # centimetre
+            return 1e4 / per_unit
+        if int(unit) == 2:  # inch
+            return 25400.0 / per_unit
+        metadata = tif.imagej_metadata or {}
+        return 1.0 / per_unit if metadata.get("unit") in ("um", "micron", "\u00b5m") else None
 
 
 def write_png(path: str | os.PathLike, array_uint8: np.ndarray) -> Path:

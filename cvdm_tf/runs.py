@@ -46,9 +46,8 @@ import tensorflow as tf
 
 from cvdm_tf import io
 from cvdm_tf.config import Config, dump_config, load_config
-from cvdm_tf.data import sources
-from cvdm_tf.data.pipeline import load_ground_truth, make_dataset
-from cvdm_tf.data.tasks import make_task
+from cvdm_tf.data.pipeline import make_dataset
+from cvdm_tf.tasks import make_task
 from cvdm_tf.errors import InputError
 from cvdm_tf.model import build_model, ema_weights, make_optimizer
 from cvdm_tf.sampler import Sampler
@@ -64,9 +63,9 @@ class TrainingError(RuntimeError):
 def resolve_config(config: Config) -> Config:
     """Fill in what the task decides (channel counts), so the saved config rebuilds the same model."""
     task = make_task(config.task, config.data)
-    if config.model.mean == "condition" and not getattr(config.data, "tie_channel", False):
-        raise InputError("model.mean = \"condition\" needs a condition channel that holds an estimate of the target "
-                         "(set data.tie_channel = true)")
+    if config.model.mean == "condition" and not task.condition_has_estimate:
+        raise InputError(f"model.mean = \"condition\" needs a condition that holds an estimate of the target; the "
+                         f"{config.task} condition holds none as configured ({task.estimate_option})")
     return config.replace(model={"condition_channels": task.condition_channels,
                                  "target_channels": task.target_channels})
 
@@ -149,7 +148,7 @@ def train(config: Config, out_dir, resume: bool = False, progress=None) -> Path:
         size = run.config.data.image_size
         progress.message(
             f"{'resuming' if resume else 'training'} {run.config.task} ({run.config.model.schedule} schedule) on "
-            f"{run.train_images} training + {run.val_images} validation images, {size} x {size} crops, batch "
+            f"{run.described}, {size} x {size} crops, batch "
             f"{run.config.train.batch_size}, "
             + (f"steps {run.start} -> {run.config.train.steps}" if resume else f"{run.config.train.steps} steps")
             + f", run folder {out_dir}"
@@ -170,8 +169,8 @@ def _prepare(config: Config, out_dir: Path, resume: bool, progress) -> SimpleNam
     config = resolve_config(config)
     task = make_task(config.task, config.data)
     tc = config.train
-    images = load_ground_truth(config.data, min_size=config.data.image_size, warn=progress.message)
-    train_items, val_items = sources.split_by_image(images, tc.validation_fraction, tc.seed)
+    size = config.data.image_size
+    train_bank, val_bank, described = task.training_banks(tc.validation_fraction, tc.seed, size, warn=progress.message)
     # Unseeded Keras initializers draw from the global generators: without this, two runs with the same
     # train.seed start from different weights. (Sets Python's, NumPy's and TensorFlow's global seeds.)
     keras.utils.set_random_seed(tc.seed)
@@ -183,17 +182,16 @@ def _prepare(config: Config, out_dir: Path, resume: bool, progress) -> SimpleNam
         except (tf.errors.OpError, AssertionError, ValueError) as err:
             raise InputError(f"{latest}: cannot restore this checkpoint ({str(err).splitlines()[0]})") from None
     start = int(optimizer.iterations.numpy())
-    data = make_dataset(task, [image for _, image in train_items], config.data, tc.batch_size, tc.seed,
-                        start=start * tc.batch_size)
+    data = make_dataset(task, train_bank, size, tc.batch_size, tc.seed, start=start * tc.batch_size,
+                        augment=config.data.augment)
     validation = None
-    if val_items:
-        validation = make_dataset(task, [image for _, image in val_items], config.data, tc.batch_size,
-                                  tc.seed + 1, augment=False).take(tc.validation_batches).cache()
+    if val_bank is not None:
+        validation = make_dataset(task, val_bank, size, tc.batch_size, tc.seed + 1,
+                                  augment=False).take(tc.validation_batches).cache()
     # Drawing the preview batch runs the pipeline once, before anything is written.
     preview_batch = next(iter(validation if validation is not None else data))
     return SimpleNamespace(config=config, model=model, checkpoint=checkpoint, start=start, data=data,
-                           validation=validation, preview_batch=preview_batch, train_images=len(train_items),
-                           val_images=len(val_items))
+                           validation=validation, preview_batch=preview_batch, described=described)
 
 
 def _open_folder(run: SimpleNamespace, out_dir: Path, resume: bool) -> SimpleNamespace:

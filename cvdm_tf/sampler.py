@@ -1,14 +1,39 @@
-"""Sampling (cvdm-math.md section 4): the learned beta discretised on t_i = i / T, ancestral or DDIM updates,
-K samples per condition in one batch, the whole loop one compiled TensorFlow graph.
+"""Sampling (cvdm-math.md section 4): the schedule discretised on a time grid t_0 = 0 < t_1 < ... < t_T = 1,
+ancestral (DDPM) or deterministic (DDIM) updates, K samples per condition in one batch, the whole loop one compiled
+TensorFlow graph.
 
     paper               code           meaning
     T                   steps          number of sampling steps
-    alpha_i             alpha          clip(1 - beta(t_i, y) / T, 1e-6, 0.99999)       (eq. 10)
-    gbar_i              gbar           prod_{j <= i} alpha_j   (kept as its logarithm, log_gbar)
+    t_i                 times[i]       the time grid, [T + 1, B, 1]; t_0 = 0, t_T = 1          (grid, below)
+    gbar_i              gbar           the signal variance step i uses (kept as its logarithm, log_gbar);
+                                       exact: gamma(t_i, y); paper: prod_{j <= i} alpha_j; gbar_0 = 1
+    alpha_i             alpha          gbar_i / gbar_{i-1} (kept as log_alpha);
+                                       paper: clip(1 - beta(t_i, y) / T, 1e-6, 0.99999)        (eq. 10)
     eps_hat             eps_hat        denoiser(z_i, y, gbar_i)
     x_hat               x_hat          (z_i - sqrt(1 - gbar_i) eps_hat) / sqrt(gbar_i)
     sigma_i^2           sigma2         (1 - gbar_{i-1}) / (1 - gbar_i) * (1 - alpha_i);  0 for DDIM
     K                   samples        samples per condition (std: the sample standard deviation over them)
+
+Discretisation (`Sampler(discretisation=...)`):
+    exact   gbar_i = gamma(t_i, y) = exp(log_gamma(t_i, tau)), the very gamma the denoiser was trained on, so
+            log alpha_i = log_gamma(t_i) - log_gamma(t_{i-1}). Consistent at any T >= 1 (the default).
+    paper   eq. 10: beta discretised by a Riemann sum (on a non-uniform grid, beta(t_i, y) (t_i - t_{i-1})).
+            Agrees with gamma only as far as L_beta has enforced eq. 4 and only up to O(1/T): measured
+            max |gamma - gbar| = 0.015 (tau = 1) and 0.061 (tau = 3) at T = 100, and every alpha clips to 1e-6
+            (degenerate samples) at T = 10 with tau >= 1 or T = 20 with tau = 3 (issue 11).
+
+Grid (`Sampler(grid=...)`):
+    uniform   t_i = i / T.
+    log-snr   t_1 = 1 / T, t_T = 1 and in between uniform steps in log-SNR = log(gamma / (1 - gamma)).
+              The schedule is per pixel, so no single time grid is log-SNR-uniform at every pixel. The grid is
+              uniform in the log-SNR of the reference schedule exp(-tau_ref rho(t)), tau_ref = the geometric mean
+              of tau(y) over the condition's pixels and channels (invariant to the factorisation's free scale,
+              tau -> c tau, rho -> rho / c; one grid per condition). Exactly log-SNR-uniform wherever tau =
+              tau_ref (every spatially constant schedule: learned-global, linear, cosine); elsewhere, with
+              x = tau rho(t), d logSNR/d x = -1 / (1 - exp(-x)), so a pixel's log-SNR steps are the reference's
+              times a factor between 1 (low noise, x -> 0) and tau / tau_ref (high noise, x -> oo): uniform in
+              both limits, smoothly varying between. t_i comes from rho by bisection (rho is monotone by
+              construction). The denoiser is conditioned on gamma, not on t, so it accepts any grid.
 
 tau(y) does not depend on t, so it is computed once per condition; each step runs only the tiny time network and
 the denoiser. The loop is a `tf.while_loop` inside one `tf.function`: no Python loop over steps and no
@@ -20,10 +45,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from cvdm_tf.config import SamplerConfig
 from cvdm_tf.networks import crop_to, pad_to_multiple
 
-ALPHA_MIN, ALPHA_MAX = 1e-6, 0.99999
+ALPHA_MIN, ALPHA_MAX = 1e-6, 0.99999  # eq. 10's clip (paper discretisation only)
 LOG_GBAR_MIN = -60.0  # gbar >= 8.8e-27: sqrt(gbar) stays a normal float32
+BISECTIONS = 40  # log-snr grid: t to 2^-40 of [1/T, 1], below float32's resolution
 
 
 class Sampler(tf.Module):
@@ -33,12 +60,24 @@ class Sampler(tf.Module):
         model: CVDM. Its schedule, denoiser and (zero-mean) mean network are used, never changed.
         clip: float or None. x_hat is clipped to [-clip, clip] in the diffusion's space; None takes the model's
             `x_range` (the range its targets were scaled to); 0 disables clipping.
+        discretisation: str. "exact" (gbar_i = gamma(t_i, y)) or "paper" (eq. 10); see the module docstring.
+        grid: str. "uniform" (t_i = i / T) or "log-snr"; see the module docstring.
+
+    Both options are static (fixed at construction), so the signature `sample(condition, steps, samples, seed,
+    deterministic)` is the same for every choice.
+
+    Example:
+        sampler = Sampler(model, discretisation="exact", grid="log-snr")
+        out = sampler(y, steps=10, samples=4, method="ddim")   # out["mean"], out["std"], ...
     """
 
-    def __init__(self, model, clip: float | None = None, name: str = "sampler"):
+    def __init__(self, model, clip: float | None = None, discretisation: str = "exact", grid: str = "uniform",
+                 name: str = "sampler"):
         super().__init__(name=name)
+        _check_options(discretisation, grid)
         self.model = model
         self.clip = float(model.model_config.x_range if clip is None else clip)
+        self.discretisation, self.grid = discretisation, grid
         self.size_multiple = model.model_config.size_multiple
         channels = model.model_config.condition_channels
         self.sample = tf.function(
@@ -74,29 +113,14 @@ class Sampler(tf.Module):
         magnitude = schedule.magnitude(tau)
         y_k = tf.repeat(y, samples, axis=0)
         tau_k = tf.repeat(tau, samples, axis=0)
-        ones = tf.ones([tf.shape(y_k)[0], 1])
-        T = tf.cast(steps, tf.float32)
-
-        def log_alpha(i):
-            t_i = ones * (tf.cast(i, tf.float32) / T)
-            alpha = tf.clip_by_value(1.0 - schedule.beta(t_i, tau_k) / T, ALPHA_MIN, ALPHA_MAX)
-            return tf.math.log(alpha)
-
-        # log gbar_T = sum_i log alpha_i; the reverse loop then peels one alpha off per step.
-        _, log_gbar_T = tf.while_loop(
-            lambda i, acc: i <= steps,
-            lambda i, acc: (i + 1, acc + log_alpha(i)),
-            (tf.constant(1), tf.zeros_like(tau_k)),
-        )
+        walk = Discretisation(schedule, tau_k, steps, self.discretisation, self.grid)
 
         z_T = tf.random.stateless_normal(tf.shape(tau_k), seed=tf.stack([seed, 0]))
 
         def step(i, z, log_gbar, x_hat):
-            la = log_alpha(i)
-            # gbar_0 = 1 exactly (no noise at t = 0), whatever the round-off of the running sum.
-            log_gbar_prev = tf.where(i > 1, log_gbar - la, tf.zeros_like(la))
-            # Floors keep x_hat finite where gbar underflows (a steep schedule, no clip) and keep round-off in the
-            # running sum from making 1 - gbar negative.
+            log_gbar_prev, la = walk.previous(i, log_gbar)
+            # Floors keep x_hat finite where gbar underflows (a steep schedule, no clip) and keep round-off from
+            # making 1 - gbar negative.
             gbar = tf.exp(tf.maximum(log_gbar, LOG_GBAR_MIN))
             gbar_prev = tf.exp(tf.maximum(log_gbar_prev, LOG_GBAR_MIN))
             one_minus_gbar = tf.maximum(-tf.math.expm1(log_gbar), 0.0)
@@ -120,7 +144,7 @@ class Sampler(tf.Module):
         _, _, _, x_hat = tf.while_loop(
             lambda i, *_: i >= 1,
             step,
-            (steps, z_T, log_gbar_T, tf.zeros_like(z_T)),
+            (steps, z_T, walk.last(), tf.zeros_like(z_T)),
         )
 
         x = x_hat
@@ -142,17 +166,127 @@ class Sampler(tf.Module):
         }
 
 
-def schedule_agreement(model, y, steps: int = 200) -> float:
-    """max |gamma(t_i, y) - gbar_i| over the sampling grid: how well the network's gamma and the running product
-    of (1 - beta / T) the sampler uses agree (only as well as L_beta has enforced eq. 4; a useful diagnostic)."""
+class Discretisation:
+    """gbar_i on the time grid, walked from i = T down to 1 as the sampling loop does.
+
+    Args:
+        schedule: Schedule. The contract: tau, rho, log_gamma, beta.
+        tau: tensor [B, H, W, C]. tau(y), computed once per condition.
+        steps: int or int32 scalar tensor. T >= 1.
+        discretisation, grid: str. As in `Sampler`.
+
+    `times` is the grid [T + 1, B, 1]; `last()` is log gbar_T; `previous(i, log gbar_i)` gives
+    (log gbar_{i-1}, log alpha_i), with gbar_0 = 1 exactly.
+    """
+
+    def __init__(self, schedule, tau, steps, discretisation: str = "exact", grid: str = "uniform"):
+        _check_options(discretisation, grid)
+        self.schedule, self.tau = schedule, tau
+        self.steps = tf.cast(steps, tf.int32)
+        self.paper, self.uniform = discretisation == "paper", grid == "uniform"
+        self.times = time_grid(schedule, tau, self.steps, grid)
+
+    def log_gamma(self, i):
+        return self.schedule.log_gamma(self.times[i], self.tau)
+
+    def log_alpha_paper(self, i):
+        """eq. 10: log clip(1 - beta(t_i, y) dt, 1e-6, 0.99999), dt = 1 / T on the uniform grid."""
+        beta = self.schedule.beta(self.times[i], self.tau)
+        if self.uniform:
+            rate = beta / tf.cast(self.steps, beta.dtype)
+        else:
+            rate = beta * tf.reshape(self.times[i] - self.times[i - 1], [-1, 1, 1, 1])
+        return tf.math.log(tf.clip_by_value(1.0 - rate, ALPHA_MIN, ALPHA_MAX))
+
+    def last(self):
+        """log gbar_T."""
+        if not self.paper:
+            return self.log_gamma(self.steps)
+        # log gbar_T = sum_i log alpha_i; the reverse loop then peels one alpha off per step.
+        _, log_gbar = tf.while_loop(
+            lambda i, acc: i <= self.steps,
+            lambda i, acc: (i + 1, acc + self.log_alpha_paper(i)),
+            (tf.constant(1), tf.zeros_like(self.tau)),
+        )
+        return log_gbar
+
+    def previous(self, i, log_gbar):
+        """(log gbar_{i-1}, log alpha_i) from log gbar_i; gbar_0 = 1 exactly (no noise at t = 0)."""
+        zero = tf.zeros_like(log_gbar)
+        if self.paper:
+            la = self.log_alpha_paper(i)
+            # gbar_0 = 1 whatever the round-off of the running sum.
+            return tf.where(i > 1, log_gbar - la, zero), la
+        log_gbar_prev = tf.where(i > 1, self.log_gamma(tf.maximum(i - 1, 0)), zero)
+        # rho is monotone by construction; the minimum only guards round-off (alpha <= 1, sigma2 >= 0).
+        return log_gbar_prev, tf.minimum(log_gbar - log_gbar_prev, 0.0)
+
+
+def time_grid(schedule, tau, steps, grid: str = "uniform"):
+    """The sampling times t_0 = 0 < t_1 < ... < t_T = 1 as [T + 1, B, 1] (module docstring: grid)."""
+    dtype = tau.dtype
+    steps = tf.cast(steps, tf.int32)
+    T = tf.cast(steps, dtype)
+    shape = [steps + 1, tf.shape(tau)[0], 1]
+    if grid == "uniform":
+        return tf.broadcast_to(tf.reshape(tf.cast(tf.range(steps + 1), dtype) / T, [-1, 1, 1]), shape)
+    if grid != "log-snr":
+        raise ValueError(f"unknown grid {grid!r} ({' or '.join(SamplerConfig.GRIDS)})")
+
+    def rho(t):  # any shape -> same shape
+        return tf.reshape(tf.cast(schedule.rho(tf.reshape(t, [-1, 1])), dtype), tf.shape(t))
+
+    tau_ref = tf.exp(tf.reduce_mean(tf.math.log(tau), axis=[1, 2, 3]))  # [B], geometric mean
+    ends = rho(tf.stack([1.0 / T, tf.ones([], dtype)]))  # rho(1 / T), rho(1)
+    log_snr_first, log_snr_last = _log_snr(tau_ref * ends[0]), _log_snr(tau_ref * ends[1])
+    i = tf.cast(tf.range(1, steps + 1), dtype)[:, None]  # [T, 1]
+    fraction = (i - 1.0) / tf.maximum(T - 1.0, 1.0)
+    log_snr = log_snr_first + fraction * (log_snr_last - log_snr_first)  # [T, B]
+    # log SNR = -log(expm1(x)) with x = tau_ref rho(t), so rho(t_i) = softplus(-log SNR_i) / tau_ref.
+    target = tf.nn.softplus(-log_snr) / tau_ref
+
+    def bisect(n, low, high):
+        middle = 0.5 * (low + high)
+        below = rho(middle) < target
+        return n + 1, tf.where(below, middle, low), tf.where(below, high, middle)
+
+    _, low, high = tf.while_loop(
+        lambda n, *_: n < BISECTIONS, bisect,
+        (tf.constant(0), tf.fill(tf.shape(target), 1.0 / T), tf.ones_like(target)),
+    )
+    t = 0.5 * (low + high)
+    t = tf.where(i == 1.0, 1.0 / T, tf.where(i == T, tf.ones_like(t), t))  # the ends exactly
+    return tf.concat([tf.zeros_like(t[:1]), t], axis=0)[..., None]
+
+
+def _log_snr(x):
+    """log(gamma / (1 - gamma)) for gamma = exp(-x), stable for large x (no expm1(x) overflow)."""
+    x = tf.maximum(x, 1e-30)
+    return -x - tf.math.log(-tf.math.expm1(-x))
+
+
+def _check_options(discretisation, grid):
+    if discretisation not in SamplerConfig.DISCRETISATIONS:
+        raise ValueError(f"unknown discretisation {discretisation!r} "
+                         f"({' or '.join(SamplerConfig.DISCRETISATIONS)})")
+    if grid not in SamplerConfig.GRIDS:
+        raise ValueError(f"unknown grid {grid!r} ({' or '.join(SamplerConfig.GRIDS)})")
+
+
+def schedule_agreement(model, y, steps: int = 200, discretisation: str = "exact", grid: str = "uniform") -> float:
+    """max |gamma(t_i, y) - gbar_i| over the sampling grid, with gbar_i exactly as the sampler computes it.
+
+    "exact": 0 up to float round-off by construction. "paper": how well the network's gamma and the running
+    product of eq. 10 agree (only as well as L_beta has enforced eq. 4, and up to O(1/T)): a useful diagnostic of
+    a trained model.
+    """
     schedule = model.schedule
     tau = schedule.tau(tf.convert_to_tensor(y, tf.float32))
-    ones = tf.ones([tf.shape(tau)[0], 1])
-    log_gbar = tf.zeros_like(tau)
+    walk = Discretisation(schedule, tau, steps, discretisation, grid)
+    log_gbar = walk.last()
     worst = 0.0
-    for i in range(1, steps + 1):
-        t_i = ones * (i / steps)
-        alpha = tf.clip_by_value(1.0 - schedule.beta(t_i, tau) / steps, ALPHA_MIN, ALPHA_MAX)
-        log_gbar += tf.math.log(alpha)
-        worst = max(worst, float(tf.reduce_max(tf.abs(schedule.gamma(t_i, tau) - tf.exp(log_gbar)))))
+    for i in range(steps, 0, -1):
+        gamma = schedule.gamma(walk.times[i], tau)
+        worst = max(worst, float(tf.reduce_max(tf.abs(gamma - tf.exp(log_gbar)))))
+        log_gbar, _ = walk.previous(tf.constant(i), log_gbar)
     return worst

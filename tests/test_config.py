@@ -15,7 +15,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-QPI_TOML = Path(__file__).resolve().parents[1] / "configs" / "qpi.toml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+QPI_TOML = CONFIGS / "qpi.toml"
+TASKS = ("qpi", "biosr")
 
 
 def _sections():
@@ -42,20 +44,30 @@ def test_dump_then_load_gives_the_same_config(tmp_path):
         assert load_config(path) == config
 
 
-def test_the_shipped_config_has_every_key():
-    """No silent defaults: every dataclass field is spelled out in configs/qpi.toml, and nothing else."""
-    data = tomllib.loads(QPI_TOML.read_text())
-    hints = typing.get_type_hints(Config)
+@pytest.mark.parametrize("task", TASKS)
+def test_the_shipped_config_has_every_key(task):
+    """No silent defaults: every dataclass field is spelled out in configs/TASK.toml, and nothing else."""
+    from cvdm_tf.tasks import data_config_class
+
+    data = tomllib.loads((CONFIGS / f"{task}.toml").read_text())
+    assert data["task"] == task
+    hints = {**typing.get_type_hints(Config), "data": data_config_class(task)}
     assert set(data) == {f.name for f in dataclasses.fields(Config)}
     for name in _sections():
         assert set(data[name]) == {f.name for f in dataclasses.fields(hints[name])}, name
 
 
-def test_shipped_channels_agree_with_the_task():
+@pytest.mark.parametrize("task", TASKS)
+def test_shipped_channels_agree_with_the_task(task):
     from cvdm_tf.runs import resolve_config
 
-    config = default_config("qpi")
+    config = default_config(task)
     assert resolve_config(config) == config
+
+
+def test_a_data_key_of_another_task_is_rejected():
+    message = _error({"task": "biosr", "data": {"defocus_um": 1.0}})
+    assert "unknown key 'data.defocus_um'" in message
 
 
 @pytest.mark.parametrize("data, fragments", [

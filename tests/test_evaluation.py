@@ -62,7 +62,7 @@ def test_eval_tie_score_matches_an_independent_computation(tiny_run, phantom_fol
 
     config, task, model = load_run(tiny_run)
     report = evaluate(config, task, model, phantom_folder, noise="none", samples=1, steps=2,
-                      tie_regularization=1e-9)
+                      baseline_options={"tie": {"regularization": 1e-9}})
     for row in report["images"]:
         truth = tifffile.imread(phantom_folder / f"{row['name']}.tif").astype(np.float64)
         estimate = numpy_tie(numpy_two_shot(truth))

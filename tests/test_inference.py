@@ -8,9 +8,9 @@ from click.testing import CliRunner
 
 from cvdm_tf.cli.main import main
 from cvdm_tf import io
-from cvdm_tf.config import DataConfig
+from cvdm_tf.tasks.qpi import DataConfig
 from cvdm_tf.data import sources
-from cvdm_tf.data.tasks import QPITask
+from cvdm_tf.tasks.qpi import QPITask
 from cvdm_tf.errors import InputError
 from cvdm_tf.inference import blend_window, preview_image, reconstruct, tile_starts, tiled_apply
 from test_sampler import ExactGaussianModel
@@ -246,11 +246,11 @@ def test_user_errors_are_one_line_and_exit_2(tiny_run, tmp_path, case):
 @pytest.mark.slow
 def test_infer_reads_a_simulate_folder_and_skips_its_truth(tiny_run, tmp_path):
     """`cvdm-tf simulate` writes NAME.tif beside NAME_phase.tif: infer takes the measurement, not the truth."""
-    from cvdm_tf.simulate import simulate_folder
+    from cvdm_tf.tasks import make_task
 
     truth = tmp_path / "truth"
     io.write_tiff(truth / "cell.tif", np.linspace(0, 2, 24 * 16, dtype=np.float32).reshape(24, 16))
-    simulate_folder("qpi", truth, tmp_path / "measured")
+    make_task("qpi").simulate_files(truth, tmp_path / "measured", noise="none", seed=0)
     assert {p.name for p in (tmp_path / "measured").iterdir()} == {"cell.tif", "cell_phase.tif"}
     out = tmp_path / "out"
     result = _invoke("--model", tiny_run, "--input", tmp_path / "measured", "--out", out, "--samples", 2,

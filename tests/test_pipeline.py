@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvdm_tf.config import DataConfig
+from cvdm_tf.tasks.qpi import DataConfig
 from cvdm_tf.data import sources
-from cvdm_tf.data.pipeline import ImageBank, load_ground_truth, make_dataset
-from cvdm_tf.data.tasks import QPITask
+from cvdm_tf.data.pipeline import InMemoryBank, make_dataset
+from cvdm_tf.tasks.qpi import QPITask, load_ground_truth
 from cvdm_tf.errors import InputError
 
 SIZE, BATCH = 16, 4
@@ -25,7 +25,11 @@ def _batches(dataset, count):
 
 def _dataset(images, seed=0, start=0, **data):
     config = DataConfig(image_size=SIZE, **data)
-    return make_dataset(QPITask(config), images, config, BATCH, seed, start=start)
+    return make_dataset(QPITask(config), _bank(images), SIZE, BATCH, seed, start=start, augment=config.augment)
+
+
+def _bank(images):
+    return InMemoryBank([{"phase": image[..., None]} for image in images])
 
 
 # === Reproducible and resumable ===
@@ -72,9 +76,9 @@ def test_validation_holds_out_whole_images(rng):
     assert {name for name, _ in train}.isdisjoint({name for name, _ in val})
     assert sorted(train + val, key=lambda item: item[0]) == sorted(items, key=lambda item: item[0])
     # Every training crop is a window of exactly one training image, never of a held-out one, never padding.
-    bank = ImageBank([image for _, image in train])
+    bank = _bank([image for _, image in train])
     for k in range(40):
-        crop = bank.random_crop(SIZE, tf.constant([k, 0], tf.int64)).numpy()
+        crop = bank.random_crop(SIZE, tf.constant([k, 0], tf.int64))["phase"].numpy()[..., 0]
         assert crop.min() >= 0.5
         owners = [name for name, image in items if _is_window(crop, image)]
         assert len(owners) == 1 and owners[0] in dict(train), owners
@@ -101,7 +105,7 @@ def test_image_scaling_keeps_the_phase_gradient_of_the_whole_image(ramp_source):
     config = DataConfig(source=ramp_source, image_size=SIZE, phase_scaling="image", noise="none", augment=False)
     [(name, phase)] = load_ground_truth(config, SIZE)
     assert name == "ramp" and phase.min() == 0.0 and phase.max() == pytest.approx(config.phase_max)
-    for _, x in _batches(make_dataset(QPITask(config), [phase], config, BATCH, 0), 2):
+    for _, x in _batches(make_dataset(QPITask(config), _bank([phase]), SIZE, BATCH, 0, augment=False), 2):
         step = np.diff(x[..., 0], axis=2)  # along the ramp, in target units 2 phi / phase_max
         np.testing.assert_allclose(step, 2.0 / 63, rtol=1e-4)
 
@@ -111,7 +115,7 @@ def test_crop_scaling_stretches_every_crop_to_phase_max(ramp_source):
     config = DataConfig(source=ramp_source, image_size=SIZE, phase_scaling="crop", noise="none", augment=False)
     [(_, image)] = load_ground_truth(config, SIZE)
     assert image.min() == 0.0 and image.max() == 1.0  # left in [0, 1]: the crops are scaled
-    for _, x in _batches(make_dataset(QPITask(config), [image], config, BATCH, 0), 2):
+    for _, x in _batches(make_dataset(QPITask(config), _bank([image]), SIZE, BATCH, 0, augment=False), 2):
         span = x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3))
         np.testing.assert_allclose(span, 2.0, rtol=1e-5)  # = 2 phase_max / phase_max
 

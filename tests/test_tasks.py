@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvdm_tf.config import DataConfig
+from cvdm_tf.tasks.qpi import DataConfig
 from cvdm_tf.data.phantoms import cell_phantoms
-from cvdm_tf.data.tasks import QPITask, make_task
+from cvdm_tf.tasks import make_task
+from cvdm_tf.tasks.qpi import QPITask
 from cvdm_tf.errors import InputError
 
 
@@ -61,4 +62,4 @@ def test_noise_models_are_seeded_and_shaped(noise):
 
 def test_unknown_task_is_an_input_error():
     with pytest.raises(InputError, match="unknown task"):
-        make_task("sr", DataConfig())
+        make_task("sr")

@@ -1,113 +1,141 @@
-"""tf.data pipelines that build training pairs on the fly from ground-truth images.
+"""tf.data pipelines that build training pairs on the fly: banks of whole examples -> random crops -> pairs.
 
-    decode -> grayscale -> [0, 1] -> phase (scaled over the whole image) -> random crop, flips, rotations
-           -> forward physics (Fresnel pair) -> noise -> normalisation -> batch -> prefetch
+    bank (in memory, or files read on demand) -> random crop (every array of the example at its own grid)
+        -> flips and quarter turns -> task.pair (forward physics, noise, normalisation) -> batch -> prefetch
 
-Element i of a pipeline is a pure function of (seed, i): stateless random ops pick the image, the crop, the
+Element i of a pipeline is a pure function of (seed, i): stateless random ops pick the example, the crop, the
 augmentation and the noise. So a parallel map is still reproducible, and a resumed run that starts at element
 step * batch_size sees exactly the data an uninterrupted run would have seen.
+
+An example is a dict of arrays [H_a, W_a, C_a]; its arrays share a field of view on grids that differ by whole
+factors, the `divisors` of the task (1: the output grid; 2: e.g. a widefield image on the half grid). A crop of
+`size` output pixels takes `size / divisor` pixels of each array at the same place.
+
+Two banks with one interface (`count`, `random_crop(size, seed)`):
+    InMemoryBank   every example in one zero-padded tensor per array: fastest, for small sets (the embedded
+                   images, simulated cells);
+    FileBank       examples listed as files, read by a loader only when a crop needs them (in parallel,
+                   `tf.numpy_function`): memory stays flat whatever the folder's size.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import numpy as np
 import tensorflow as tf
 
-from cvdm_tf.data import sources
-from cvdm_tf.data.phantoms import cell_phantom
-from cvdm_tf.errors import InputError
 
-TRAINING_PHANTOM_SEED = 2024  # the benchmarks test on phantoms drawn with seed 1234
+def _crop_origin(sizes, index, size: int, step: int, seed):
+    """Top-left corner (on the output grid, a multiple of `step`) of a random [size, size] crop of example
+    `index`, whose output-grid size is sizes[index]."""
+    limit = (sizes[index] - size) // step + 1
+    top = tf.random.stateless_uniform([], seed=tf.random.experimental.stateless_fold_in(seed, 1),
+                                      maxval=limit[0], dtype=tf.int32)
+    left = tf.random.stateless_uniform([], seed=tf.random.experimental.stateless_fold_in(seed, 2),
+                                       maxval=limit[1], dtype=tf.int32)
+    return top * step, left * step
 
 
-def load_ground_truth(data_config, min_size: int, warn=None) -> list[tuple[str, np.ndarray]]:
-    """The ground-truth images of a data config as (name, [H, W] float32): phase in radians for QPI.
+def _pick(count: int, seed):
+    return tf.random.stateless_uniform([], seed=seed, maxval=count, dtype=tf.int32)
 
-    `source = ""` takes the images embedded in scikit-image; otherwise a folder (searched recursively), an image,
-    or a .npy/.npz stack. Integer images are scaled by their dtype's range, float images by their own min/max,
-    then to [0, phase_max] over the whole image (`phase_scaling = "image"`; "crop" leaves them in [0, 1] and
-    scales every crop to [0, phase_max] instead).
 
-    Images smaller than `min_size` (the training crop) on either side are skipped, each named in one line through
-    `warn(message)`; an InputError if none is left (or if a file is unreadable or has NaN/Inf pixels).
+class InMemoryBank:
+    """Examples of different sizes, each array in one zero-padded tensor [N, H_max, W_max, C] plus the sizes.
+
+    Args:
+        examples: list of dict name -> array [H, W, C] (the same names in every example).
+        divisors: dict name -> int, the grid factor of each array (default 1 for all).
     """
-    if data_config.source:
-        items = [(name, sources.to_unit_range(sources.to_grayscale(image), dtype)[..., 0])
-                 for name, image, dtype in sources.iter_source_images(data_config.source, with_dtype=True)]
-    else:
-        items = [(name, image[..., 0]) for name, image in sources.embedded_images()]
-    usable = [(name, image) for name, image in items if min(image.shape) >= min_size]
-    where = data_config.source or "the embedded images"
-    if not usable:
-        sizes = ", ".join(f"{name} {image.shape[0]} x {image.shape[1]}" for name, image in items[:5])
-        raise InputError(f"{where}: no image is at least {min_size} x {min_size} pixels, the training crop size "
-                         f"(data.image_size / --image-size); found {sizes}{' ...' if len(items) > 5 else ''}")
-    if warn is not None:
-        for name, image in items:
-            if min(image.shape) < min_size:
-                warn(f"skipping {name} ({image.shape[0]} x {image.shape[1]}): smaller than the "
-                     f"{min_size} x {min_size} training crop")
-    if data_config.phantoms:
-        # Synthetic cells beside the natural images widen the training distribution towards what a phase
-        # microscope sees (smooth bodies, sharp edges); their seed is apart from the benchmarks' test phantoms.
-        rng = np.random.default_rng(TRAINING_PHANTOM_SEED)
-        size = max(256, min_size)
-        usable += [(f"phantom_{i:03d}", cell_phantom(size, rng, peak=rng.uniform(0.4, 1.0)))
-                   for i in range(data_config.phantoms)]
-    if data_config.phase_scaling == "image":
-        usable = [(name, (image * data_config.phase_max).astype(np.float32)) for name, image in usable]
-    return usable
+
+    def __init__(self, examples: Sequence[dict], divisors: dict | None = None):
+        if not examples:
+            raise ValueError("a bank needs at least one example")
+        names = list(examples[0])
+        self.divisors = {name: int((divisors or {}).get(name, 1)) for name in names}
+        self.step = max(self.divisors.values())
+        self.arrays = {}
+        for name in names:
+            height = max(example[name].shape[0] for example in examples)
+            width = max(example[name].shape[1] for example in examples)
+            channels = examples[0][name].shape[2]
+            padded = np.zeros((len(examples), height, width, channels), np.float32)
+            for k, example in enumerate(examples):
+                array = example[name]
+                padded[k, : array.shape[0], : array.shape[1]] = array
+            self.arrays[name] = tf.constant(padded)
+        reference = names[0]
+        self.sizes = tf.constant([np.array(example[reference].shape[:2]) * self.divisors[reference]
+                                  for example in examples], tf.int32)
+        self.count = len(examples)
+
+    def random_crop(self, size: int, seed) -> dict:
+        """{name: [size / divisor, size / divisor, C]} of a random example, uniform over examples then positions."""
+        k = _pick(self.count, seed)
+        top, left = _crop_origin(self.sizes, k, size, self.step, seed)
+        return {name: tf.slice(array, [k, top // self.divisors[name], left // self.divisors[name], 0],
+                               [1, size // self.divisors[name], size // self.divisors[name], -1])[0]
+                for name, array in self.arrays.items()}
 
 
-class ImageBank:
-    """Images of different sizes in one zero-padded tensor [N, H_max, W_max] plus their sizes, for crops in-graph."""
+class FileBank:
+    """Examples read from files only when a crop is taken from them, so memory does not grow with the data set.
 
-    def __init__(self, images: list[np.ndarray]):
-        height = max(image.shape[0] for image in images)
-        width = max(image.shape[1] for image in images)
-        bank = np.zeros((len(images), height, width), np.float32)
-        for k, image in enumerate(images):
-            bank[k, : image.shape[0], : image.shape[1]] = image
-        self.images = tf.constant(bank)
-        self.sizes = tf.constant([image.shape[:2] for image in images], tf.int32)
-        self.count = len(images)
+    Args:
+        sizes: list of (H, W): each example's size on the output grid (from file headers: no pixel is read here).
+        load: callable(index) -> dict name -> array [H_a, W_a, C_a] float32: reads example `index`.
+        channels: dict name -> C_a (static, for the graph).
+        divisors: dict name -> grid factor (default 1).
+    """
 
-    def random_crop(self, size: int, seed):
-        """A [size, size] crop of a random image, uniform over images then positions."""
-        k = tf.random.stateless_uniform([], seed=seed, maxval=self.count, dtype=tf.int32)
-        limit = self.sizes[k] - size + 1
-        seed2 = tf.random.experimental.stateless_fold_in(seed, 1)
-        top = tf.random.stateless_uniform([], seed=seed2, maxval=limit[0], dtype=tf.int32)
-        seed3 = tf.random.experimental.stateless_fold_in(seed, 2)
-        left = tf.random.stateless_uniform([], seed=seed3, maxval=limit[1], dtype=tf.int32)
-        return tf.slice(self.images, [k, top, left], [1, size, size])[0]
+    def __init__(self, sizes: Sequence, load: Callable[[int], dict], channels: dict, divisors: dict | None = None):
+        self.count = len(sizes)
+        if not self.count:
+            raise ValueError("a bank needs at least one example")
+        self.sizes = tf.constant(np.asarray(sizes, np.int32).reshape(-1, 2))
+        self.load = load
+        self.channels = dict(channels)
+        self.divisors = {name: int((divisors or {}).get(name, 1)) for name in channels}
+        self.step = max(self.divisors.values())
+
+    def _read_crop(self, index, top, left, size):
+        example = self.load(int(index))
+        return [np.ascontiguousarray(
+                    example[name][top // d: (top + size) // d, left // d: (left + size) // d], np.float32)
+                for name, d in self.divisors.items()]
+
+    def random_crop(self, size: int, seed) -> dict:
+        k = _pick(self.count, seed)
+        top, left = _crop_origin(self.sizes, k, size, self.step, seed)
+        crops = tf.numpy_function(lambda k, t, l: self._read_crop(k, t, l, size), [k, top, left],
+                                  [tf.float32] * len(self.divisors), stateful=False)
+        return {name: tf.ensure_shape(crop, [size // d, size // d, self.channels[name]])
+                for (name, d), crop in zip(self.divisors.items(), crops)}
 
 
-def _augment(crop, seed):
-    """Random flips and quarter turns (the physics is invariant to both)."""
+def _augment(crop: dict, seed) -> dict:
+    """The same random flip and quarter turn for every array of a crop (the physics is invariant to both)."""
     turns = tf.random.stateless_uniform([], seed=seed, maxval=4, dtype=tf.int32)
-    crop = tf.image.rot90(crop[..., None], k=turns)[..., 0]
     flip = tf.random.stateless_uniform([], seed=tf.random.experimental.stateless_fold_in(seed, 1)) < 0.5
-    return tf.cond(flip, lambda: tf.reverse(crop, axis=[1]), lambda: crop)
+
+    def one(array):
+        array = tf.image.rot90(array, k=turns)
+        return tf.cond(flip, lambda: tf.reverse(array, axis=[1]), lambda: array)
+
+    return {name: one(array) for name, array in crop.items()}
 
 
-def make_dataset(task, images: list[np.ndarray], data_config, batch_size: int, seed: int, start: int = 0,
-                 augment: bool | None = None) -> tf.data.Dataset:
-    """An endless dataset of (y, x) batches; element i depends only on (seed, i). `start` skips to element start."""
-    bank = ImageBank(images)
-    size = data_config.image_size
-    augment = data_config.augment if augment is None else augment
-    phase_max = data_config.phase_max
-    per_crop = data_config.phase_scaling == "crop"
+def make_dataset(task, bank, size: int, batch_size: int, seed: int, start: int = 0,
+                 augment: bool = True) -> tf.data.Dataset:
+    """An endless dataset of (y, x) batches of `task.pair`s of `size` px crops of `bank`; element i depends only
+    on (seed, i). `start` skips to element `start`."""
 
     def element(i):
         key = tf.stack([tf.constant(seed, tf.int64), i])
         crop = bank.random_crop(size, tf.random.experimental.stateless_fold_in(key, 0))
         if augment:
             crop = _augment(crop, tf.random.experimental.stateless_fold_in(key, 1))
-        if per_crop:
-            low, high = tf.reduce_min(crop), tf.reduce_max(crop)
-            crop = (crop - low) / tf.maximum(high - low, 1e-6) * phase_max
         return task.pair(crop, tf.random.experimental.stateless_fold_in(key, 2))
 
     dataset = tf.data.Dataset.range(start, np.iinfo(np.int64).max)

@@ -40,6 +40,7 @@ __all__ = [
     "iter_source_images",
     "embedded_images",
     "split_by_image",
+    "large_enough",
 ]
 
 #: File suffixes read as images (compared case-insensitively).
@@ -275,14 +276,15 @@ def to_grayscale(array: np.ndarray) -> np.ndarray:
 # === Folders and sources ===
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
+def list_images(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
     """List the image files under a folder, recursively.
 
     Hidden files and folders (name starting with ``.``) are skipped, symbolic links to folders are not
-    followed, and only :data:`IMAGE_SUFFIXES` count (any letter case).
+    followed, and only ``suffixes`` (default :data:`IMAGE_SUFFIXES`) count (any letter case).
 
     Args:
         folder: str or path-like. The folder to search.
+        suffixes: sequence of str. File suffixes with their dot.
 
     Returns:
         list of Path: ``folder / relative path`` for each image, sorted by relative path.
@@ -300,10 +302,10 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for filename in filenames:
-            if not filename.startswith(".") and Path(filename).suffix.lower() in IMAGE_SUFFIXES:
+            if not filename.startswith(".") and Path(filename).suffix.lower() in suffixes:
                 found.append(Path(dirpath, filename))
     if not found:
-        raise InputError(f"{name}: no images found (looked for {_SUFFIX_LIST})")
+        raise InputError(f"{name}: no images found (looked for {' '.join(suffixes)})")
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -373,6 +375,22 @@ def embedded_images() -> list[tuple[str, np.ndarray]]:
     if not out:
         raise InputError(f"{folder}: none of scikit-image's embedded images found (reinstall scikit-image)")
     return out
+
+
+def large_enough(items: list[tuple[str, np.ndarray]], min_size: int, where: str, warn=None) -> list:
+    """The ``(name, image)`` items at least ``min_size`` px on both sides (the training crop), each skipped one
+    named in one line through ``warn(message)``; an InputError naming ``where`` if none is left."""
+    usable = [(name, image) for name, image in items if min(image.shape[:2]) >= min_size]
+    if not usable:
+        sizes = ", ".join(f"{name} {image.shape[0]} x {image.shape[1]}" for name, image in items[:5])
+        raise InputError(f"{where}: no image is at least {min_size} x {min_size} pixels, the training crop size "
+                         f"(data.image_size / --image-size); found {sizes}{' ...' if len(items) > 5 else ''}")
+    if warn is not None:
+        for name, image in items:
+            if min(image.shape[:2]) < min_size:
+                warn(f"skipping {name} ({image.shape[0]} x {image.shape[1]}): smaller than the "
+                     f"{min_size} x {min_size} training crop")
+    return usable
 
 
 _Item = TypeVar("_Item")

@@ -1,0 +1,60 @@
+"""The inverse problems, one module each, registered by name.
+
+    qpi     quantitative phase imaging from a defocused intensity pair      (cvdm_tf.tasks.qpi)
+    biosr   super-resolution microscopy, widefield -> SIM-like, 2x grid     (cvdm_tf.tasks.biosr)
+
+`get_task(name)` gives the task class (`Task` subclass, see `base.py` for the contract); `make_task(name, data)`
+an instance for a `[data]` config table. Task modules (TensorFlow) are imported on first use; what the command
+line needs to show `--help` (each task's options) is registered here, so `cvdm-tf --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from cvdm_tf.errors import InputError
+from cvdm_tf.tasks.base import Option
+
+#: name -> module that defines it (the module's task class has `name == key`).
+TASK_MODULES = {"qpi": "cvdm_tf.tasks.qpi", "biosr": "cvdm_tf.tasks.biosr"}
+TASK_NAMES = tuple(TASK_MODULES)
+
+#: name -> the options the task adds to `cvdm-tf simulate` / `eval` (its `Task.options`).
+TASK_OPTIONS = {
+    "qpi": (
+        Option("--defocus", "defocus_um", float, "Defocus dz in micrometres."),
+        Option("--wavelength", "wavelength_um", float, "Wavelength in micrometres."),
+        Option("--pixel-size", "pixel_size_um", float, "Pixel size in micrometres."),
+        Option("--phase-max", "phase_max", float, "Phase of an integer image's maximum (radians)."),
+        Option("--tie-regularization", "regularization", float, "TIE's Tikhonov weight (default: tuned on the "
+               "evaluated images, the best TIE can do).", commands=("eval",), baseline="tie"),
+    ),
+    "biosr": (
+        Option("--na", "na", float, "Numerical aperture of the objective."),
+        Option("--wavelength", "wavelength_um", float, "Emission wavelength in micrometres."),
+        Option("--pixel-size", "pixel_size_um", float, "Pixel size of the SIM (output) grid in micrometres."),
+        Option("--photons", "photons", float, "Expected photons at the brightest widefield pixel (noise)."),
+        Option("--rl-iterations", "iterations", int, "Richardson-Lucy iterations (default: tuned on the truth).",
+               commands=("eval",), baseline="richardson-lucy"),
+    ),
+}
+
+
+def get_task(name: str):
+    """The task class registered as `name`."""
+    if name not in TASK_MODULES:
+        raise InputError(f"unknown task {name!r} (known: {', '.join(TASK_NAMES)})")
+    module = importlib.import_module(TASK_MODULES[name])
+    return next(value for value in vars(module).values()
+                if isinstance(value, type) and getattr(value, "name", None) == name and hasattr(value, "pair"))
+
+
+def data_config_class(name: str):
+    """The `[data]` dataclass of a task."""
+    return get_task(name).DataConfig
+
+
+def make_task(name: str, data_config=None):
+    """A task instance for `data_config` (default: the task's default data config)."""
+    cls = get_task(name)
+    return cls(data_config if data_config is not None else cls.DataConfig())

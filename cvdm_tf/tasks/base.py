@@ -1,0 +1,182 @@
+"""The contract every inverse problem fulfils, so that generic code (model, sampler, training loop, run folder,
+inference, tiling, export, eval, CLI) never needs to know which problem it runs.
+
+A task turns the world into the network's units and back:
+
+    raw measurement m  [h, w, C_m]       what a microscope records (QPI: an intensity pair; BioSR: widefield)
+      -> condition y   [H, W, C_y]       `condition(m)`: normalised, on the OUTPUT grid (H = scale * h), plus any
+                                         estimate the task offers (QPI: the TIE phase) in its LAST channels
+    target x           [H, W, C_x]       the network's units; physical value = x * scale + offset, with
+      <- (offset, scale)                 `units(m)` computed from the measurement alone (QPI: fixed; BioSR: the
+                                         widefield's percentiles, so results come back in the input's units)
+
+Training pairs come from a `Bank` of whole examples (`training_banks`): crops of it become (y, x) pairs inside
+`tf.data` through `pair(crop, seed)`. A crop is a dict of arrays [size / divisor, size / divisor, C] whose
+divisors the task states in `crop_divisors` (1: the output grid; 2: a widefield image on the half grid).
+
+For `eval`, a task lists `Case`s (a name, a raw measurement, the truth in physical units), names its classical
+baselines and scores an estimate against the truth with its own metrics (MAE, PSNR, SSIM, MS-SSIM for every
+task, plus e.g. resolution for microscopy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Option:
+    """A command-line option of a task for some of `cvdm-tf simulate` / `eval`. `--flag VALUE` sets the data
+    config's `key`, or with `baseline` set, the keyword `key` of that baseline."""
+
+    flag: str
+    key: str
+    type: type
+    help: str
+    commands: tuple = ("simulate", "eval")
+    baseline: str = ""
+
+
+@dataclass
+class Case:
+    """One evaluation case: a raw measurement and the truth it came from (physical units, output grid)."""
+
+    name: str
+    measurement: np.ndarray  # [h, w, C_m]
+    truth: np.ndarray  # [H, W] (or [H, W, C])
+    group: str = ""  # e.g. the structure of a BioSR cell, for per-group tables
+
+
+class Baseline:
+    """A classical method for `eval`: `tune` once on all cases (an oracle may look at the truth), then `__call__`
+    on each measurement, giving an estimate in the truth's units."""
+
+    name = ""
+    description = ""
+
+    def tune(self, cases: list[Case]) -> dict:
+        """Choose parameters; returns what was chosen (written to the report)."""
+        return {}
+
+    def __call__(self, measurement: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Task:
+    """Base class of the inverse problems. Subclasses set the class attributes and implement the methods.
+
+    Args:
+        data: the task's `DataConfig` (its own frozen dataclass, the `[data]` table of the config).
+    """
+
+    #: Registry name (`cvdm-tf train --task NAME`).
+    name = ""
+    #: One line for `--help`.
+    description = ""
+    #: The frozen dataclass of the `[data]` table.
+    DataConfig: type = object
+    #: Output grid / input grid (QPI 1, BioSR 2).
+    scale = 1
+    #: Unit of the target in physical units (TIFF metadata, preview labels).
+    target_unit = ""
+    #: Outputs known only up to a per-tile constant (QPI's phase), reconciled across tiles by inference.
+    offset_free_outputs: tuple = ()
+    #: Noise models `eval` and `simulate` accept.
+    noise_models: tuple = ("none",)
+    #: Options of `cvdm-tf simulate` and `eval` that set data keys.
+    options: tuple = ()
+    #: File suffixes `infer` picks up in an input folder.
+    input_suffixes: tuple = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".npz")
+    #: Divisor of each array in a training crop (see the module docstring).
+    crop_divisors: dict = {"truth": 1}
+
+    def __init__(self, data):
+        self.data = data
+
+    # --- channels ---
+    @property
+    def measurement_channels(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def condition_channels(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def target_channels(self) -> int:
+        return 1
+
+    @property
+    def condition_has_estimate(self) -> bool:
+        """Whether the last `target_channels` condition channels hold an estimate of the target (in target
+        units), so that `model.mean = "condition"` can diffuse the residual around it."""
+        return False
+
+    #: How to make the condition hold an estimate of the target (for the error message when it does not).
+    estimate_option = "this task offers no estimate: use model.mean = \"none\" or \"network\""
+
+    @property
+    def output_pixel_size_um(self) -> float | None:
+        """Pixel size of the outputs (written into the TIFFs), or None when unknown."""
+        return None
+
+    def describe_measurement(self) -> str:
+        """What `infer --input` expects, for error messages."""
+        return f"{self.measurement_channels}-channel images"
+
+    # --- training data ---
+    def training_banks(self, validation_fraction: float, seed: int, min_size: int, warn: Callable | None = None):
+        """(train Bank, validation Bank or None, a short description) of the configured source."""
+        raise NotImplementedError
+
+    def pair(self, crop: dict, seed):
+        """One training pair (y [H, W, C_y], x [H, W, C_x]) from a crop (TensorFlow, inside tf.data)."""
+        raise NotImplementedError
+
+    # --- units (pure TensorFlow: traced into the exported SavedModel) ---
+    def condition(self, measurement):
+        """Raw measurement [..., h, w, C_m] -> network condition y [..., H, W, C_y]. Whole images only: tiles
+        must share the normalisation of the image."""
+        raise NotImplementedError
+
+    def units(self, measurement):
+        """(offset, scale), each shaped [..., 1, 1, 1] (the measurement's leading axes): physical = x * scale +
+        offset."""
+        raise NotImplementedError
+
+    # --- files ---
+    def read_measurements(self, path) -> list[np.ndarray]:
+        """The raw measurement(s) [h, w, C_m] in one input file (a stack may hold several)."""
+        from cvdm_tf.data import sources
+
+        return sources.read_stack(path)
+
+    def is_truth_file(self, path, stems: set) -> bool:
+        """Whether a file in an `infer` input folder is a ground truth beside its measurement (not an input)."""
+        return False
+
+    def simulate_files(self, input_path, out_dir, noise: str, seed: int) -> int:
+        """`cvdm-tf simulate`: write measurements (and their truth) made from the images in `input_path`."""
+        raise NotImplementedError
+
+    # --- evaluation ---
+    def eval_cases(self, data_path, noise: str, seed: int) -> list[Case]:
+        raise NotImplementedError
+
+    def baselines(self) -> dict:
+        """name -> Baseline factory (keyword arguments: the baseline's options)."""
+        return {}
+
+    def centre(self, estimate: np.ndarray, truth: np.ndarray):
+        """(estimate, truth) as the task compares them (QPI: each without its mean, the phase's free constant)."""
+        return np.asarray(estimate, np.float64), np.asarray(truth, np.float64)
+
+    def score(self, estimate: np.ndarray, truth: np.ndarray) -> dict:
+        """Metrics of one estimate against its truth (both physical units, [H, W])."""
+        raise NotImplementedError
+
+    #: Column of the report tables: (key, header, format).
+    score_columns: tuple = ()

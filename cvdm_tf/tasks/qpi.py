@@ -1,0 +1,299 @@
+"""Quantitative phase imaging: the phase of a thin object from two defocused intensity images (cvdm-math.md
+section 6; the paper's section 4.2).
+
+A training pair, in order:
+    1. phase phi in [0, phase_max] radians (the target), cropped from a ground-truth image;
+    2. the 2-shot measurement (I(-dz), I(+dz)) of the thin phase object exp(i phi) by Fresnel propagation;
+    3. noise: `paper` (Gaussian with mean and std lam_n, lam_n ~ U(0, noise_max) per pair), `poisson` (photon
+       counts at `photons_per_pixel` plus Gaussian read noise), or `none`;
+    4. normalisation: condition y = (I / mean(I) - 1) * CONDITION_GAIN (the pair divided by its own mean
+       intensity, which removes the illumination level of a real microscope but keeps the contrast, the thing that
+       encodes the phase, and is the same for a 64 px crop and a 2048 px image); with `tie_channel`, a third
+       channel holds the FFT-TIE phase estimate in target units; target x = 2 (phi - mean(phi)) / phase_max.
+
+The target is offset-free: intensities determine the phase only up to a constant (TIE has the same gauge), so
+asking a network for the absolute offset of a crop would ask for something the measurement does not contain.
+Reconstructions are zero-mean phase maps in radians; compare them offset-free (cvdm_tf.metrics.offset_free).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from cvdm_tf import io, metrics
+from cvdm_tf.config import check_choice, check_non_negative, check_positive
+from cvdm_tf.data import sources
+from cvdm_tf.data.phantoms import cell_phantom
+from cvdm_tf.data.pipeline import InMemoryBank
+from cvdm_tf.errors import InputError
+from cvdm_tf.physics.fresnel import two_shot_intensities
+from cvdm_tf.physics.tie import tie_fft, tune_regularization
+from cvdm_tf.tasks import TASK_OPTIONS
+from cvdm_tf.tasks.base import Baseline, Case, Task
+
+# Intensity contrast of the QPI pairs is a few percent to tens of percent; this gain brings it to order one.
+CONDITION_GAIN = 4.0
+TRAINING_PHANTOM_SEED = 2024  # the benchmarks test on phantoms drawn with seed 1234
+NOISE_MODELS = ("paper", "poisson", "none")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training images come from and the forward physics (cvdm-math.md section 6)."""
+
+    source: str = ""  # "" = the images embedded in scikit-image; else a folder, an image or a .npy/.npz stack
+    image_size: int = 64
+    wavelength_um: float = 0.521
+    pixel_size_um: float = 0.21
+    defocus_um: float = 1.0
+    phase_max: float = 3.5
+    # "image": scale phase over the whole source image, then crop (keeps the physical phase gradients of the
+    # full image); "crop": scale every crop to [0, phase_max] (the reference's choice).
+    phase_scaling: str = "image"
+    noise: str = "paper"
+    noise_max: float = 0.2  # paper noise: lam_n ~ U(0, noise_max) per pair
+    photons_per_pixel: float = 1000.0  # poisson noise
+    read_noise: float = 2.0  # poisson noise: Gaussian read noise, in photons
+    augment: bool = True
+    # Give the network the classical FFT-TIE phase as an extra condition channel (physics-informed
+    # conditioning; with model.mean = "condition" the diffusion learns the correction to TIE).
+    tie_channel: bool = False
+    tie_regularization: float = 1e-6
+    # Synthetic cell phantoms (cvdm_tf.data.phantoms, 256 px) added to the training images.
+    phantoms: int = 0
+
+    def __post_init__(self):
+        check_choice("data.noise", self.noise, NOISE_MODELS)
+        check_choice("data.phase_scaling", self.phase_scaling, ("image", "crop"))
+        check_positive("data.image_size", self.image_size)
+        for name in ("wavelength_um", "pixel_size_um", "defocus_um", "phase_max", "photons_per_pixel"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"data.{name}: must be > 0, got {getattr(self, name)}")
+        for name in ("noise_max", "read_noise", "tie_regularization"):
+            check_non_negative(f"data.{name}", getattr(self, name))
+
+
+class QPITask(Task):
+    """Quantitative phase imaging from a defocused intensity pair.
+
+    Args:
+        data: DataConfig. Physics (wavelength_um, pixel_size_um, defocus_um), phase_max and noise model.
+    """
+
+    name = "qpi"
+    description = "quantitative phase imaging: phase from a defocused intensity pair (I(-dz), I(+dz))"
+    DataConfig = DataConfig
+    target_unit = "rad"
+    offset_free_outputs = ("mean",)
+    noise_models = NOISE_MODELS
+    options = TASK_OPTIONS["qpi"]
+    crop_divisors = {"phase": 1}
+    score_columns = (("mae_rad", "MAE (rad)", ".4f"), ("mae_paper", "MAE ([-1, 1])", ".4f"), ("psnr", "PSNR", ".2f"),
+                     ("ssim", "SSIM", ".4f"), ("ms_ssim", "MS-SSIM", ".4f"))
+
+    measurement_channels = 2
+
+    @property
+    def condition_channels(self) -> int:
+        return 3 if self.data.tie_channel else 2
+
+    @property
+    def condition_has_estimate(self) -> bool:
+        return self.data.tie_channel
+
+    estimate_option = "set data.tie_channel = true"
+
+    @property
+    def output_pixel_size_um(self) -> float:
+        return self.data.pixel_size_um
+
+    def describe_measurement(self) -> str:
+        return "the raw intensity pair I(-dz), I(+dz), as `cvdm-tf simulate` writes it"
+
+    # --- physics ---
+    def measure(self, phase):
+        """phase [..., H, W] (radians) -> noise-free raw intensities [..., H, W, 2] = (I(-dz), I(+dz))."""
+        d = self.data
+        return two_shot_intensities(phase, d.defocus_um, d.wavelength_um, d.pixel_size_um)
+
+    def add_noise(self, intensities, seed, noise=None):
+        """Noise model `noise` (default: the config's) on raw intensities [H, W, 2]; `seed` is a stateless seed [2]."""
+        d = self.data
+        noise = noise or d.noise
+        if noise == "none":
+            return intensities
+        if noise == "paper":
+            lam_n = tf.random.stateless_uniform([], seed=seed, maxval=d.noise_max)
+            seed2 = tf.random.experimental.stateless_fold_in(seed, 1)
+            return intensities + lam_n + lam_n * tf.random.stateless_normal(tf.shape(intensities), seed=seed2)
+        if noise == "poisson":
+            counts = tf.random.stateless_poisson(
+                tf.shape(intensities), seed=seed, lam=intensities * d.photons_per_pixel, dtype=tf.float32
+            )
+            seed2 = tf.random.experimental.stateless_fold_in(seed, 1)
+            read = d.read_noise * tf.random.stateless_normal(tf.shape(intensities), seed=seed2)
+            return (counts + read) / d.photons_per_pixel
+        raise ValueError(f"unknown noise model {noise!r}")
+
+    # --- units ---
+    def normalize_condition(self, intensities):
+        """Raw intensities [..., H, W, 2] -> network condition y (per image: divided by its mean intensity;
+        plus the TIE phase in target units with `tie_channel`). Apply it to whole images, before any tiling."""
+        mean = tf.reduce_mean(intensities, axis=[-3, -2, -1], keepdims=True)
+        y = (intensities / tf.maximum(mean, 1e-6) - 1.0) * CONDITION_GAIN
+        if self.data.tie_channel:
+            tie = self.baseline(intensities, self.data.tie_regularization)
+            y = tf.concat([y, 2.0 * tie / self.data.phase_max], axis=-1)
+        return y
+
+    condition = normalize_condition
+
+    def units(self, measurement):
+        """x -> radians is a fixed rescaling (targets were zero-mean: the phase is known only up to a constant)."""
+        zeros = tf.zeros_like(tf.reduce_mean(measurement, axis=[-3, -2, -1], keepdims=True))
+        return zeros, zeros + self.data.phase_max / 2.0
+
+    def normalize_target(self, phase):
+        """phase [..., H, W] radians -> x [..., H, W, 1], offset-free: 2 (phi - mean(phi)) / phase_max."""
+        phase = phase - tf.reduce_mean(phase, axis=[-2, -1], keepdims=True)
+        return (2.0 * phase / self.data.phase_max)[..., None]
+
+    def denormalize_target(self, x):
+        """x [..., H, W, 1] -> phase in radians [..., H, W, 1]."""
+        return x * (self.data.phase_max / 2.0)
+
+    def denormalize_spread(self, std):
+        """A standard deviation in x units -> radians."""
+        return std * (self.data.phase_max / 2.0)
+
+    # --- pairs and baseline ---
+    def pair(self, crop, seed):
+        """One training pair from a crop {"phase": [H, W, 1]}: (y [H, W, C_y], x [H, W, 1])."""
+        phase = crop["phase"][..., 0]
+        if self.data.phase_scaling == "crop":
+            low, high = tf.reduce_min(phase), tf.reduce_max(phase)
+            phase = (phase - low) / tf.maximum(high - low, 1e-6) * self.data.phase_max
+        intensities = self.add_noise(self.measure(phase), seed)
+        return self.normalize_condition(intensities), self.normalize_target(phase)
+
+    def baseline(self, intensities, regularization=1e-6):
+        """The classical answer: FFT TIE phase (zero-mean radians) [..., H, W, 1]."""
+        d = self.data
+        phase = tie_fft(intensities, d.defocus_um, d.wavelength_um, d.pixel_size_um, regularization)
+        return phase[..., None]
+
+    # --- training data ---
+    def training_banks(self, validation_fraction, seed, min_size, warn=None):
+        images = load_ground_truth(self.data, min_size, warn)
+        train, val = sources.split_by_image(images, validation_fraction, seed)
+        bank = lambda items: InMemoryBank([{"phase": image[..., None]} for _, image in items])  # noqa: E731
+        return bank(train), (bank(val) if val else None), f"{len(train)} training + {len(val)} validation images"
+
+    # --- files ---
+    def is_truth_file(self, path, stems):
+        # `cvdm-tf simulate` writes NAME.tif beside NAME_phase.tif (the truth): the truth is not a measurement.
+        return path.stem.endswith("_phase") and (path.parent, path.stem[: -len("_phase")]) in stems
+
+    def truths(self, path) -> list[tuple[str, np.ndarray]]:
+        """Ground-truth phases [H, W] in radians of the images in `path`."""
+        return [(name, phase_from_image(image, dtype, self.data.phase_max))
+                for name, image, dtype in sources.iter_source_images(path, with_dtype=True)]
+
+    def simulate_files(self, input_path, out_dir, noise, seed):
+        """NAME.tif (raw H x W x 2 pair I(-dz), I(+dz)) and NAME_phase.tif (radians) per ground-truth image.
+        A float image is taken as phase in radians; an integer one is scaled from its range to [0, phase_max]."""
+        cases = self.eval_cases(input_path, noise, seed)  # everything read and checked before anything is written
+        out_dir = Path(out_dir)
+        for case in cases:
+            io.write_tiff(out_dir / f"{case.name}.tif", case.measurement, pixel_size_um=self.data.pixel_size_um)
+            io.write_tiff(out_dir / f"{case.name}_phase.tif", case.truth, pixel_size_um=self.data.pixel_size_um)
+        return len(cases)
+
+    # --- evaluation ---
+    def eval_cases(self, data_path, noise, seed):
+        cases = []
+        for index, (name, phase) in enumerate(self.truths(data_path)):
+            raw = self.add_noise(self.measure(tf.constant(phase)), tf.constant([seed, index], tf.int64), noise=noise)
+            cases.append(Case(name, raw.numpy().astype(np.float32), phase))
+        return cases
+
+    def baselines(self):
+        return {"tie": lambda **options: TIEBaseline(self, **options)}
+
+    def centre(self, estimate, truth):
+        return metrics.offset_free(np.asarray(estimate, np.float64), np.asarray(truth, np.float64))
+
+    def score(self, estimate, truth):
+        """Offset-free (each image's mean removed: the phase is known up to a constant); MAE in radians and in the
+        paper's [-1, 1] scale; PSNR, SSIM and MS-SSIM with the truth's range as data range."""
+        a, b = self.centre(estimate, truth)
+        data_range = float(np.ptp(b)) or 1.0
+        error = metrics.mae(a, b)
+        return {"mae_rad": error, "mae_paper": error * 2.0 / self.data.phase_max, "psnr": metrics.psnr(a, b, data_range),
+                "ssim": metrics.ssim(a, b, data_range), "ms_ssim": metrics.ms_ssim(a, b, data_range)}
+
+
+class TIEBaseline(Baseline):
+    """FFT-TIE with its Tikhonov weight tuned on the evaluated images and their truth unless given: an oracle
+    choice that makes it the best TIE can do."""
+
+    name = "tie"
+    description = "FFT transport-of-intensity solver, Tikhonov weight tuned on the truth (oracle)"
+
+    def __init__(self, task: QPITask, regularization: float | None = None):
+        self.task = task
+        self.regularization = regularization
+
+    def tune(self, cases):
+        if self.regularization is None:
+            d = self.task.data
+            # Images may differ in size, so tune on each and take the geometric median.
+            choices = [tune_regularization(case.measurement[None], case.truth[None], solver="fft",
+                                           defocus_um=d.defocus_um, wavelength_um=d.wavelength_um,
+                                           pixel_size_um=d.pixel_size_um)[0] for case in cases]
+            self.regularization = float(np.exp(np.median(np.log(choices))))
+        return {"tie_regularization": self.regularization}
+
+    def __call__(self, measurement):
+        return np.asarray(self.task.baseline(tf.constant(measurement), self.regularization))[..., 0]
+
+
+def phase_from_image(image: np.ndarray, source_dtype, phase_max: float) -> np.ndarray:
+    """[H, W] radians from a read image: float as it is, integer scaled to [0, phase_max]."""
+    gray = sources.to_grayscale(image)[..., 0]
+    if np.issubdtype(np.dtype(source_dtype), np.floating):
+        return gray.astype(np.float32)
+    return (sources.to_unit_range(gray, source_dtype) * phase_max).astype(np.float32)
+
+
+def load_ground_truth(data_config, min_size: int, warn=None) -> list[tuple[str, np.ndarray]]:
+    """The ground-truth phase images of a data config as (name, [H, W] float32 radians).
+
+    `source = ""` takes the images embedded in scikit-image; otherwise a folder (searched recursively), an image,
+    or a .npy/.npz stack. Integer images are scaled by their dtype's range, float images by their own min/max,
+    then to [0, phase_max] over the whole image (`phase_scaling = "image"`; "crop" leaves them in [0, 1] and
+    scales every crop to [0, phase_max] instead).
+
+    Images smaller than `min_size` (the training crop) on either side are skipped, each named in one line through
+    `warn(message)`; an InputError if none is left (or if a file is unreadable or has NaN/Inf pixels).
+    """
+    if data_config.source:
+        items = [(name, sources.to_unit_range(sources.to_grayscale(image), dtype)[..., 0])
+                 for name, image, dtype in sources.iter_source_images(data_config.source, with_dtype=True)]
+    else:
+        items = [(name, image[..., 0]) for name, image in sources.embedded_images()]
+    usable = sources.large_enough(items, min_size, data_config.source or "the embedded images", warn)
+    if data_config.phantoms:
+        # Synthetic cells beside the natural images widen the training distribution towards what a phase
+        # microscope sees (smooth bodies, sharp edges); their seed is apart from the benchmarks' test phantoms.
+        rng = np.random.default_rng(TRAINING_PHANTOM_SEED)
+        size = max(256, min_size)
+        usable += [(f"phantom_{i:03d}", cell_phantom(size, rng, peak=rng.uniform(0.4, 1.0)))
+                   for i in range(data_config.phantoms)]
+    if data_config.phase_scaling == "image":
+        usable = [(name, (image * data_config.phase_max).astype(np.float32)) for name, image in usable]
+    return usable
