@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from cvdm_tf.data import sources  # noqa: E402
-from cvdm_tf.data.pipeline import load_ground_truth  # noqa: E402
+from cvdm_tf.tasks.qpi import load_ground_truth  # noqa: E402
 from cvdm_tf.metrics import mae, offset_free  # noqa: E402
 from cvdm_tf.runs import load_run  # noqa: E402
 from cvdm_tf.sampler import Sampler  # noqa: E402

@@ -31,7 +31,8 @@ from cvdm_tf.data import sources  # noqa: E402
 from cvdm_tf.data.phantoms import cell_phantoms  # noqa: E402
 from cvdm_tf.evaluation import evaluate  # noqa: E402
 from cvdm_tf.inference import reconstruct  # noqa: E402
-from cvdm_tf.runs import load_run, preview_strip  # noqa: E402
+from cvdm_tf.previews import strip  # noqa: E402
+from cvdm_tf.runs import load_run  # noqa: E402
 
 METHODS = (("learned", "CVDM"), ("learned-global", "CVDM-simple"), ("linear", "CDDPM"))
 
@@ -115,8 +116,12 @@ def main(argv=None):
             if schedule == "learned":
                 maps = [np.asarray(result["std"])[..., 0], np.asarray(result["schedule"])[..., 0]]
         tie = np.asarray(task.baseline(tf.constant(condition), reports["CVDM"]["tie_regularization"]))[..., 0]
-        panels_rows.append(preview_strip(row + [tie] + maps))
-    figure = np.concatenate([np.concatenate([r, np.full((4, r.shape[1]), 255, np.uint8)]) for r in panels_rows])
+        titles = ["I(+dz)", "truth"] + [label for _, label in METHODS] + ["TIE", "CVDM std", "CVDM schedule"]
+        cmaps = ["gray"] + ["viridis"] * (len(METHODS) + 2) + ["magma", "cividis"]
+        panels_rows.append(strip(list(zip(titles, row + [tie] + maps, cmaps))))
+    width = max(r.shape[1] for r in panels_rows)
+    figure = np.concatenate([np.pad(r, [(0, 4), (0, width - r.shape[1]), (0, 0)], constant_values=255)
+                             for r in panels_rows])
     io.write_png(out / "results.png", figure)
 
     agreement = ordering_note(rows)

@@ -120,14 +120,14 @@ def _param(flag: str) -> str:
 
 
 def apply_task_options(task_name: str, data, values: dict, command_name: str):
-    """(data config with the given task options applied, {baseline: {keyword: value}}); an InputError for an
-    option of another task."""
+    """(data config with the given task options applied, {baseline: {keyword: value}}, {reader keyword: value});
+    an InputError for an option of another task."""
     import dataclasses
 
     from cvdm_tf.tasks import TASK_OPTIONS
 
     own = {option.flag: option for option in TASK_OPTIONS[task_name] if command_name in option.commands}
-    changes, baseline_options = {}, {}
+    changes, baseline_options, reader_options = {}, {}, {}
     for flag, value in values.items():
         if value is None:
             continue
@@ -136,10 +136,12 @@ def apply_task_options(task_name: str, data, values: dict, command_name: str):
         option = own[flag]
         if option.baseline:
             baseline_options.setdefault(option.baseline, {})[option.key] = value
+        elif option.reader:
+            reader_options[option.key] = value
         else:
             changes[option.key] = value
     try:
-        return dataclasses.replace(data, **changes), baseline_options
+        return dataclasses.replace(data, **changes), baseline_options, reader_options
     except InputError as err:
         raise InputError(f"option: {err}") from None
 
@@ -156,11 +158,14 @@ def apply_task_options(task_name: str, data, values: dict, command_name: str):
 @click.option("--batch-size", type=int)
 @click.option("--image-size", type=int, help="Training crop size in pixels.")
 @click.option("--schedule", type=click.Choice(["learned", "learned-global", "linear", "cosine"]))
+@click.option("--kind", type=click.Choice(["cvdm", "regression"]),
+              help="cvdm, or regression: the same backbone trained with L1 (the CARE-like baseline).")
 @click.option("--seed", type=int)
 @click.option("--checkpoint-every", type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @command
-def train(task, config_path, data, out, steps, batch_size, image_size, schedule, seed, checkpoint_every, resume):
+def train(task, config_path, data, out, steps, batch_size, image_size, schedule, kind, seed, checkpoint_every,
+          resume):
     """Train a CVDM. With no option: the QPI task on the images embedded in scikit-image; `--task biosr`:
     super-resolution microscopy on simulated fluorescence structures (or `--data` a BioSR folder).
 
@@ -168,7 +173,8 @@ def train(task, config_path, data, out, steps, batch_size, image_size, schedule,
     from its last checkpoint to --steps in total (default: the run's own train.steps).
     """
     from cvdm_tf.config import default_config, load_config
-    from cvdm_tf.runs import TrainingError, run_config, train as run_training
+    from cvdm_tf.runs import run_config
+    from cvdm_tf.training import TrainingError, train as run_training
     from cvdm_tf.tasks import TASK_NAMES
 
     if task not in TASK_NAMES:
@@ -179,7 +185,8 @@ def train(task, config_path, data, out, steps, batch_size, image_size, schedule,
         if not out:
             raise InputError("--resume needs --out RUN_FOLDER (the run to continue)")
         fixed = [name for name, value in (("--config", config_path), ("--data", data), ("--batch-size", batch_size),
-                                          ("--image-size", image_size), ("--schedule", schedule), ("--seed", seed))
+                                          ("--image-size", image_size), ("--schedule", schedule), ("--kind", kind),
+                                          ("--seed", seed))
                  if value is not None]
         if fixed:
             raise InputError(f"{', '.join(fixed)}: a resumed run keeps its own config.toml (only --steps and "
@@ -195,7 +202,7 @@ def train(task, config_path, data, out, steps, batch_size, image_size, schedule,
         "train": {k: v for k, v in dict(steps=steps, batch_size=batch_size, seed=seed,
                                         checkpoint_every=checkpoint_every).items() if v is not None},
         "data": {k: v for k, v in dict(source=data, image_size=image_size).items() if v is not None},
-        "model": {"schedule": schedule} if schedule else {},
+        "model": {k: v for k, v in dict(schedule=schedule, kind=kind).items() if v is not None},
     }
     try:
         config = config.replace(**changes)
@@ -227,7 +234,7 @@ def simulate(task, input_path, out, noise, seed, task_values):
     from cvdm_tf.tasks import get_task
 
     cls = get_task(task)
-    data, _ = apply_task_options(task, cls.DataConfig(), task_values, "simulate")
+    data, _, _ = apply_task_options(task, cls.DataConfig(), task_values, "simulate")
     if noise not in cls.noise_models:
         raise InputError(f"--noise: {noise!r} is not a noise model of task {task} ({', '.join(cls.noise_models)})")
     count = cls(data).simulate_files(input_path, out, noise=noise, seed=seed)
@@ -251,15 +258,50 @@ def simulate(task, input_path, out, noise, seed, task_values):
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per batch.")
 @click.option("--tile", type=click.IntRange(min=1), default=256, show_default=True,
               help="Images larger than this are processed in overlapping, blended tiles.")
+@click.option("--task", help="The run's task (checked against the run; default: the run's).")
+@task_options("infer")
 @command
-def infer(run_dir, input_path, out, samples, steps, method, seed, batch_size, tile):
+def infer(run_dir, input_path, out, samples, steps, method, seed, batch_size, tile, task, task_values):
     """Reconstruct: NAME_mean.tif, NAME_std.tif (uncertainty), NAME_schedule.tif, NAME_preview.png per image."""
     from cvdm_tf.inference import infer_paths
+    from cvdm_tf.runs import run_config
 
+    reader_options = {}
+    if task or any(value is not None for value in task_values.values()):
+        config = run_config(run_dir)
+        if task and config.task != task:
+            raise InputError(f"{run_dir}: the model was trained for task {config.task!r}, not {task!r}")
+        _, _, reader_options = apply_task_options(config.task, config.data, task_values, "infer")
     report = infer_paths(run_dir, input_path, out, samples=samples, steps=steps, method=method, seed=seed,
-                         batch_size=batch_size, tile=tile)
+                         batch_size=batch_size, tile=tile, reader_options=reader_options)
     if report.failed:  # each already reported as `error: PATH: problem`; the good files are complete
         sys.exit(EXIT_USER_ERROR)
+
+
+# === reference-phase ===
+
+
+@main.command(name="reference-phase")
+@click.option("--input", "input_path", required=True, type=click.Path(), help="Through-focus z-stack (TIFF, OME-TIFF).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--z-step", type=float, help="Plane spacing in micrometres (default: from the file's metadata).")
+@click.option("--order", type=click.IntRange(min=1), help="Polynomial order of the fit of I(z) (default: "
+              "min(planes - 1, 6)).")
+@click.option("--planes", type=click.IntRange(min=2), help="Use only the M planes nearest to focus.")
+@click.option("--focus-plane", type=int, help="In-focus plane (default: minimum contrast).")
+@click.option("--wavelength", type=float, default=0.521, show_default=True, help="Wavelength in micrometres.")
+@click.option("--pixel-size", type=float, default=0.21, show_default=True, help="Pixel size in micrometres.")
+@command
+def reference_phase(input_path, out, z_step, order, planes, focus_plane, wavelength, pixel_size):
+    """The multi-plane reference phase of a z-stack (the paper's QPI ground truth for real samples): a per-pixel
+    polynomial fit of I(z), its derivative at focus, then US-TIE. Writes NAME_phase.tif (radians, zero-mean)
+    and NAME_fit_residual.tif."""
+    from cvdm_tf.physics.through_focus import reference_phase_file
+
+    phase_path, residual_path, used = reference_phase_file(
+        input_path, out, z_step_um=z_step, order=order, planes=planes, focus=focus_plane,
+        wavelength_um=wavelength, pixel_size_um=pixel_size)
+    click.echo(f"{used}; wrote {phase_path} and {residual_path}")
 
 
 # === export ===
@@ -295,11 +337,15 @@ def export(run_dir, out, steps, samples):
 @click.option("--baseline", "baselines", multiple=True,
               help="Baselines to compare with (repeatable; default: all of the task's: qpi tie; biosr bicubic, "
                    "richardson-lucy).")
+@click.option("--compare", "compare_runs", multiple=True, type=click.Path(),
+              help="Another run of the task to score alike (repeatable): e.g. the regression U-Net of "
+                   "`cvdm-tf train --kind regression`, or a CDDPM of `--schedule linear`.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
 @click.option("--out", "report_path", required=True, type=click.Path(dir_okay=False), help="JSON report to write.")
 @task_options("eval")
 @command
-def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, seed, report_path, task_values):
+def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, compare_runs, seed, report_path,
+          task_values):
     """Reconstruct measurements with the model and the task's baselines, score them all (MAE, PSNR, SSIM,
     MS-SSIM and the task's own metrics)."""
     import dataclasses
@@ -312,12 +358,17 @@ def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, se
     config, task_object, model = load_run(run_dir)
     if task and config.task != task:
         raise InputError(f"{run_dir}: the model was trained for task {config.task!r}, not {task!r}")
-    data, baseline_options = apply_task_options(config.task, config.data, task_values, "eval")
+    data, baseline_options, reader_options = apply_task_options(config.task, config.data, task_values, "eval")
     if data != config.data:
         config = dataclasses.replace(config, data=data)
         task_object = make_task(config.task, data)
+    compare = {}
+    for path in compare_runs:
+        other_config, _, other_model = load_run(path)
+        compare[Path(path).name] = (other_config, other_model)
     report = evaluate(config, task_object, model, data_path, noise=noise, samples=samples, steps=steps,
                       method=method, seed=seed, baselines=baselines or None, baseline_options=baseline_options,
+                      compare=compare, reader_options=reader_options,
                       progress=lambda i, n, name: click.echo(f"[{i}/{n}] {name}", err=True))
     io.write_json(report_path, report)
     click.echo(markdown_table(report, task_object.score_columns))

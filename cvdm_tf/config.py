@@ -40,6 +40,8 @@ class ModelConfig:
 
     condition_channels: int = 2
     target_channels: int = 1
+    # "cvdm", or "regression": the denoiser's backbone trained with L1 (the CARE / DFCAN-like baseline).
+    kind: str = "cvdm"
     schedule: str = "learned"
     # Denoiser U-Net eps_hat(z_t, y, gamma).
     base_filters: int = 16
@@ -63,8 +65,12 @@ class ModelConfig:
     # The diffusion's target lies in [-x_range, x_range] (offset-free QPI phase: about [-2, 2]; a residual times
     # residual_scale: wider); the sampler clips its x_hat estimate there. 0 disables the clip.
     x_range: float = 1.0
+    # The target itself lies in [-target_range, target_range] (BioSR: percentile-normalised, clipped to [-1, 1]):
+    # each sample is clipped there after the mean is added back. 0 = no such bound (QPI's phase has none).
+    target_range: float = 0.0
 
     def __post_init__(self):
+        check_choice("model.kind", self.kind, ("cvdm", "regression"))
         check_choice("model.schedule", self.schedule, SCHEDULES)
         check_choice("model.norm", self.norm, NORMS)
         check_choice("model.mean", self.mean, MEANS)

@@ -22,7 +22,7 @@ from cvdm_tf.errors import InputError
 
 
 def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, method=None, seed=0,
-             baselines=None, baseline_options=None, progress=None) -> dict:
+             baselines=None, baseline_options=None, compare=None, reader_options=None, progress=None) -> dict:
     """Per-image and mean metrics of the model and the task's baselines on the cases in `data_path`.
 
     Args:
@@ -32,10 +32,13 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
         samples, steps, method, seed: K, T, "ddpm" / "ddim" and the seed of the model's sampler.
         baselines: names of the task's baselines (default: all of them).
         baseline_options: dict name -> dict of keyword arguments of that baseline (e.g. a fixed parameter).
+        compare: dict label -> (config, model) of other runs of the same task (e.g. the regression U-Net, a CDDPM),
+            reconstructed with their own sampler settings and scored alike.
+        reader_options: dict of the task's reader options (QPI: a z-stack's z_step_um, ...).
         progress: callable(i, n, name) or None.
     """
     from cvdm_tf.inference import reconstruct
-    from cvdm_tf.sampler import Sampler
+    from cvdm_tf.sampler import sampler_for
 
     available = task.baselines()
     baselines = list(available) if baselines is None else list(baselines)
@@ -46,7 +49,7 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
     if noise not in task.noise_models:
         raise InputError(f"--noise: {noise!r} is not a noise model of task {task.name} "
                          f"({', '.join(task.noise_models)})")
-    cases = task.eval_cases(data_path, noise, seed)
+    cases = task.eval_cases(data_path, noise, seed, **(reader_options or {}))
     if not cases:
         raise InputError(f"{data_path}: nothing to evaluate")
     methods = {name: available[name](**(baseline_options or {}).get(name, {})) for name in baselines}
@@ -54,10 +57,15 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
     for baseline in methods.values():
         tuned.update(baseline.tune(cases))
 
+    for label, (other, _) in (compare or {}).items():
+        if other.task != config.task:
+            raise InputError(f"--compare {label}: a run of task {other.task!r}, not {config.task!r}")
     steps = steps or config.sampler.steps
     method = method or config.sampler.method
     images = []
-    sampler = Sampler(model)  # one compiled graph for every image
+    sampler = sampler_for(model, config.sampler)  # one compiled graph for every image
+    others = {label: (other, other_model, sampler_for(other_model, other.sampler))
+              for label, (other, other_model) in (compare or {}).items()}
     for i, case in enumerate(cases):
         out = reconstruct(model, task, case.measurement, samples=samples, steps=steps, method=method, seed=seed,
                           sampler=sampler)
@@ -71,6 +79,10 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
                                                             centred_mean, centred_truth))
         row["cvdm"]["mean_std"] = float(np.mean(out["std"]))
         row["cvdm"]["mean_abs_error"] = float(np.mean(np.abs(centred_mean - centred_truth)))
+        for label, (other, other_model, other_sampler) in others.items():
+            result = reconstruct(other_model, task, case.measurement, samples=samples, steps=other.sampler.steps,
+                                 method=other.sampler.method, seed=seed, sampler=other_sampler)
+            row[label] = task.score(np.asarray(result["mean"])[..., 0], truth)
         for name, baseline in methods.items():
             row[name] = task.score(baseline(case.measurement), truth)
         images.append(row)
@@ -79,8 +91,8 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
 
     return {
         "task": config.task, "noise": noise, "samples": samples, "steps": steps, "sampler": method, "seed": seed,
-        **tuned, "images": images, "mean": _means(images, ["cvdm", *methods]),
-        "groups": {group: _means([row for row in images if row["group"] == group], ["cvdm", *methods])
+        **tuned, "images": images, "mean": _means(images, ["cvdm", *others, *methods]),
+        "groups": {group: _means([row for row in images if row["group"] == group], ["cvdm", *others, *methods])
                    for group in sorted({row["group"] for row in images}) if group},
     }
 

@@ -32,7 +32,7 @@ import tensorflow as tf
 from cvdm_tf.config import dump_config
 from cvdm_tf.errors import InputError
 from cvdm_tf.io import _umask
-from cvdm_tf.sampler import Sampler
+from cvdm_tf.sampler import sampler_for
 
 CONFIG_ASSET = "cvdm_config.toml"
 
@@ -48,14 +48,15 @@ class ExportedSampler(tf.Module):
         samples: int. K of `serving_default`.
         method: str. "ddpm" (ancestral) or "ddim" (deterministic), for both signatures.
         seed: int. Seed of `serving_default`'s noise.
+        sampler_config: SamplerConfig or None. The run's discretisation and time grid (default: exact, uniform).
     """
 
     def __init__(self, model, task, steps: int, samples: int, method: str = "ddpm", seed: int = 0,
-                 name: str = "cvdm"):
+                 sampler_config=None, name: str = "cvdm"):
         super().__init__(name=name)
         if method not in ("ddpm", "ddim"):
             raise ValueError(f"unknown sampler {method!r} (ddpm or ddim)")
-        self.sampler = Sampler(model)
+        self.sampler = sampler_for(model, sampler_config)
         self._task = task  # plain Python: only its TensorFlow functions are traced, nothing of it is saved
         self.steps, self.samples, self.seed, self.method = int(steps), int(samples), int(seed), method
         # The raw measurement, before normalize_condition (which may add channels, e.g. QPI's TIE estimate).
@@ -119,6 +120,7 @@ def export_run(run_dir, out_dir, steps: int | None = None, samples: int | None =
         samples=samples or config.sampler.samples,
         method=config.sampler.method,
         seed=seed,
+        sampler_config=config.sampler,
     )
     save(module, dump_config(config), out_dir)
     return out_dir

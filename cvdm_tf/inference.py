@@ -26,10 +26,7 @@ A file that fails is reported and skipped; the others are finished (`InferReport
 
 from __future__ import annotations
 
-import math
 import os
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -39,9 +36,11 @@ import numpy as np
 from cvdm_tf import io
 from cvdm_tf.data import sources
 from cvdm_tf.errors import InputError
+from cvdm_tf.previews import preview_image
+from cvdm_tf.progress import InferProgress
+from cvdm_tf.tiling import tiled_apply
 
-__all__ = ["InferReport", "InferProgress", "infer_paths", "reconstruct", "tiled_apply", "tile_starts",
-           "blend_window", "preview_image", "OUTPUTS"]
+__all__ = ["InferReport", "infer_paths", "reconstruct", "write_outputs", "OUTPUTS"]
 
 #: Output files per image NAME: NAME_<suffix>.
 OUTPUTS = ("mean", "std", "schedule", "preview")
@@ -67,7 +66,7 @@ class InferReport:
 
 def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | None = None,
                 method: str | None = None, seed: int = 0, batch_size: int = 4, tile: int = 256,
-                progress=None) -> InferReport:
+                progress=None, reader_options: dict | None = None) -> InferReport:
     """Reconstruct every image of `input_path` (a file or a folder) with the run in `run_dir` into `out_dir`.
 
     Args:
@@ -82,6 +81,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
         batch_size: int. Tiles sampled together.
         tile: int. Largest side sampled in one piece; larger images are tiled.
         progress: InferProgress or None (a new one on stderr).
+        reader_options: dict. The task's reader options (QPI: a z-stack's z_step_um, defocus_um, focus).
 
     Returns:
         InferReport. Bad files are listed in `failed` (also reported through `progress.error`), not raised.
@@ -93,7 +93,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
     out_dir = Path(out_dir)
     _check_options(samples, steps, batch_size, tile, method)
     from cvdm_tf.runs import load_run
-    from cvdm_tf.sampler import Sampler
+    from cvdm_tf.sampler import sampler_for
 
     if not Path(input_path).exists():  # before loading the model: a typo fails fast
         raise InputError(f"{os.fspath(input_path)}: no such file or folder")
@@ -104,7 +104,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
     multiple = model.model_config.size_multiple
     if tile < multiple:
         raise InputError(f"--tile: must be at least the model's size multiple {multiple}, got {tile}")
-    sampler = Sampler(model)  # one compiled graph for every file and tile
+    sampler = sampler_for(model, config.sampler)  # one compiled graph for every file and tile
     progress = progress or InferProgress(len(files))
     report = InferReport(out_dir=out_dir, files=len(files))
     used: set[str] = set()
@@ -113,7 +113,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
             progress.start_file(index, base)
             try:
                 results = _reconstruct_file(path, base, used, model, task, sampler, samples, steps, method, seed,
-                                            tile, batch_size, progress)
+                                            tile, batch_size, progress, reader_options or {})
             except InputError as err:
                 report.failed.append(str(err))
                 progress.error(str(err))
@@ -136,9 +136,9 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
 
 
 def _reconstruct_file(path, base, used, model, task, sampler, samples, steps, method, seed, tile, batch_size,
-                      progress):
+                      progress, reader_options):
     """[(name, raw, result)] for every image of one file (a stack gives NAME_000, NAME_001, ...); all or nothing."""
-    images = task.read_measurements(path)
+    images = task.read_measurements(path, message=progress.message, **reader_options)
     results = []
     for number, raw in enumerate(images):
         try:
@@ -222,7 +222,7 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
     """
     import tensorflow as tf
 
-    from cvdm_tf.sampler import Sampler
+    from cvdm_tf.sampler import sampler_for
 
     raw = np.asarray(raw_condition, dtype=np.float32)
     if raw.ndim != 3:
@@ -248,7 +248,7 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
     if pad_h or pad_w:
         y = np.pad(y, [(0, pad_h), (0, pad_w), (0, 0)], mode="symmetric")
 
-    sampler = sampler or Sampler(model)
+    sampler = sampler or sampler_for(model)
     calls = [0]
 
     def predict(batch):
@@ -274,332 +274,3 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
     return {"mean": mean, "std": std, "schedule": blended["schedule"][crop].astype(np.float32)}
 
 
-# === Tiling ===
-
-
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of length `tile` covering [0, size) with at least `overlap` overlap; the last tile
-    ends at `size` exactly (so all tiles have the same length). One tile when `size <= tile`."""
-    if size <= tile:
-        return [0]
-    stride = max(tile - overlap, 1)
-    starts = list(range(0, size - tile, stride))
-    return starts + [size - tile]
-
-
-def blend_window(length: int, overlap: int, ramp_start: bool, ramp_end: bool) -> np.ndarray:
-    """1-D weights of a tile: 1 in the middle, raised-cosine ramps sin^2(pi (k + 1/2) / (2 overlap)) over the
-    first / last `overlap` pixels where the tile meets another tile (not at the image border). Always > 0.
-    Two tiles overlapping by exactly `overlap` sum to 1 there (sin^2 + cos^2)."""
-    window = np.ones(length, np.float64)
-    overlap = min(overlap, length // 2)
-    if overlap > 0:
-        ramp = np.sin(np.pi * (np.arange(overlap) + 0.5) / (2 * overlap)) ** 2
-        if ramp_start:
-            window[:overlap] = ramp
-        if ramp_end:
-            window[length - overlap:] = ramp[::-1]
-    return window
-
-
-def tiled_apply(function: Callable, image: np.ndarray, tile: int, overlap: int | None = None,
-                batch_size: int = 1, progress: Callable | None = None, align: tuple = ()) -> dict:
-    """Apply `function` to overlapping tiles of `image` and blend the results without seams.
-
-    The image is covered by tiles of min(tile, H) x min(tile, W) pixels (all the same shape, so a compiled
-    function is traced once) overlapping by `overlap` (default a quarter of the tile) or more. Each tile's result
-    is weighted by the outer product of `blend_window`s (raised-cosine ramps toward neighbouring tiles, flat at the
-    image border) and the sum is divided by the summed weights, so the weights are a partition of one everywhere:
-    an identity function gives the image back, a function that returns one constant per tile gives a smooth blend
-    bounded by those constants. Accumulation is in float64.
-
-    Outputs named in `align` are known only up to an additive constant per tile (QPI's offset-free phase: a tile
-    cannot know its mean phase). Their tiles are shifted by per-tile offsets, the least-squares solution that
-    makes overlapping tiles agree on average (offsets summing to zero, so the overall level is kept), before
-    blending. These tiles are kept until the end (about (1 + overlap / tile)^2 times the output); the others are
-    accumulated as they come, so memory is the outputs plus one batch of tiles.
-
-    Args:
-        function: callable(batch [B, th, tw, C]) -> dict name -> [B, th, tw, C'] (or one array).
-        image: array [H, W, C].
-        tile: int. Tile side.
-        overlap: int or None. Minimum overlap of neighbouring tiles (default tile // 4).
-        batch_size: int. Tiles per call of `function`.
-        progress: callable(done, total) or None, called after each batch.
-        align: names of outputs whose tile offsets are reconciled (`""` for a single-array function).
-
-    Returns:
-        dict name -> float32 [H, W, C'] (or one array, if `function` returns one).
-    """
-    image = np.asarray(image)
-    height, width = image.shape[:2]
-    tile_h, tile_w = min(tile, height), min(tile, width)
-    overlap_h = tile_h // 4 if overlap is None else overlap
-    overlap_w = tile_w // 4 if overlap is None else overlap
-    rows, cols = tile_starts(height, tile_h, overlap_h), tile_starts(width, tile_w, overlap_w)
-    positions = [(r, c) for r in rows for c in cols]
-    weights_h = {r: blend_window(tile_h, overlap_h, r > 0, r + tile_h < height) for r in rows}
-    weights_w = {c: blend_window(tile_w, overlap_w, c > 0, c + tile_w < width) for c in cols}
-
-    def weight(r, c):
-        return np.outer(weights_h[r], weights_w[c])[..., None]
-
-    sums: dict = {}
-    kept: dict = {}  # name -> list of tiles, for the outputs to align
-    total_weight = np.zeros((height, width, 1), np.float64)
-    single = False
-    for first in range(0, len(positions), batch_size):
-        chunk = positions[first:first + batch_size]
-        batch = np.stack([image[r:r + tile_h, c:c + tile_w] for r, c in chunk])
-        out = function(batch)
-        if not isinstance(out, dict):
-            single, out = True, {"": out}
-        for i, (r, c) in enumerate(chunk):
-            w = weight(r, c)
-            for name, values in out.items():
-                values = np.asarray(values)
-                if name not in sums:
-                    sums[name] = np.zeros((height, width, values.shape[-1]), np.float64)
-                if name in align:
-                    kept.setdefault(name, []).append(np.array(values[i], np.float32))
-                else:
-                    sums[name][r:r + tile_h, c:c + tile_w] += w * values[i]
-            total_weight[r:r + tile_h, c:c + tile_w] += w
-        if progress is not None:
-            progress(min(first + batch_size, len(positions)), len(positions))
-    for name, tiles in kept.items():
-        offsets = _tile_offsets(tiles, positions, (tile_h, tile_w))
-        for (r, c), values, offset in zip(positions, tiles, offsets):
-            sums[name][r:r + tile_h, c:c + tile_w] += weight(r, c) * (values + offset)
-    result = {name: (total / total_weight).astype(np.float32) for name, total in sums.items()}
-    return result[""] if single else result
-
-
-def _tile_offsets(tiles: list, positions: list, size: tuple) -> np.ndarray:
-    """Per-tile offsets [N, C] minimising sum over overlapping pairs of n_ij |mean_ij(t_i + c_i - t_j - c_j)|^2
-    (n_ij the overlap's pixel count), with sum c_i = 0."""
-    count = len(tiles)
-    channels = tiles[0].shape[-1]
-    if count == 1:
-        return np.zeros((1, channels))
-    rows, rhs = [], []
-    th, tw = size
-    for i in range(count):
-        ri, ci = positions[i]
-        for j in range(i + 1, count):
-            rj, cj = positions[j]
-            top, bottom = max(ri, rj), min(ri, rj) + th
-            left, right = max(ci, cj), min(ci, cj) + tw
-            if bottom <= top or right <= left:
-                continue
-            a = tiles[i][top - ri:bottom - ri, left - ci:right - ci]
-            b = tiles[j][top - rj:bottom - rj, left - cj:right - cj]
-            scale = math.sqrt((bottom - top) * (right - left))
-            row = np.zeros(count)
-            row[i], row[j] = scale, -scale
-            rows.append(row)
-            rhs.append(scale * (b.mean(axis=(0, 1), dtype=np.float64) - a.mean(axis=(0, 1), dtype=np.float64)))
-    # The gauge: offsets sum to zero (weighted like the largest pair term so it is enforced).
-    rows.append(np.full(count, max((float(np.max(np.abs(r))) for r in rows), default=1.0)))
-    rhs.append(np.zeros(channels))
-    offsets, *_ = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)
-    return offsets
-
-
-# === Progress ===
-
-
-class InferProgress:
-    """One status line on stderr: file i/n, its tiles, elapsed time and ETA. Redrawn in place on a terminal; a
-    line per file (and every few seconds during a large one) elsewhere. Errors get their own `error: ...` line."""
-
-    def __init__(self, files: int, stream=None, interval_s: float = 10.0):
-        self.files = files
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.interval_s = interval_s
-        self.began = time.monotonic()
-        self.last_line = -math.inf
-        self.index, self.name = 0, ""
-
-    def start_file(self, index: int, name: str):
-        self.index, self.name = index, name
-        self.tiles(0, 1, force=self.tty)
-
-    def tiles(self, done: int, total: int, force: bool = False):
-        """Called after each batch of tiles of the current file."""
-        fraction = (self.index + done / max(total, 1)) / max(self.files, 1)
-        elapsed = time.monotonic() - self.began
-        eta = elapsed / fraction * (1 - fraction) if fraction > 0 else 0.0
-        width = 20
-        bar = "#" * int(width * fraction) + "." * (width - int(width * fraction))
-        tiles = f" tile {done}/{total}" if total > 1 else ""
-        line = (f"file {self.index + 1}/{self.files} {self.name}{tiles} [{bar}] "
-                f"| {_clock(elapsed)} elapsed, ETA {_clock(eta)}")
-        finished = done >= total and total > 0
-        now = time.monotonic()
-        if self.tty:
-            self.stream.write("\r\033[K" + line)
-        elif force or finished or now - self.last_line >= self.interval_s:
-            self.stream.write(line + "\n")
-            self.last_line = now
-        else:
-            return
-        self.stream.flush()
-
-    def error(self, message: str):
-        self.stream.write(("\r\033[K" if self.tty else "") + f"error: {message}\n")
-        self.stream.flush()
-
-    def close(self, message: str):
-        self.stream.write(("\r\033[K" if self.tty else "") + message + "\n")
-        self.stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-# === Preview ===
-
-# A 3 x 5 bitmap font (drawn at twice the size): digits, capitals and what numbers and titles need.
-_GLYPHS = {
-    "0": "###|#.#|#.#|#.#|###", "1": ".#.|##.|.#.|.#.|###", "2": "###|..#|###|#..|###",
-    "3": "###|..#|.##|..#|###", "4": "#.#|#.#|###|..#|..#", "5": "###|#..|###|..#|###",
-    "6": "###|#..|###|#.#|###", "7": "###|..#|..#|.#.|.#.", "8": "###|#.#|###|#.#|###",
-    "9": "###|#.#|###|..#|###", "A": ".#.|#.#|###|#.#|#.#", "B": "##.|#.#|##.|#.#|##.",
-    "C": ".##|#..|#..|#..|.##", "D": "##.|#.#|#.#|#.#|##.", "E": "###|#..|##.|#..|###",
-    "F": "###|#..|##.|#..|#..", "G": ".##|#..|#.#|#.#|.##", "H": "#.#|#.#|###|#.#|#.#",
-    "I": "###|.#.|.#.|.#.|###", "J": "..#|..#|..#|#.#|.#.", "K": "#.#|#.#|##.|#.#|#.#",
-    "L": "#..|#..|#..|#..|###", "M": "#.#|###|###|#.#|#.#", "N": "##.|#.#|#.#|#.#|#.#",
-    "O": ".#.|#.#|#.#|#.#|.#.", "P": "##.|#.#|##.|#..|#..", "Q": ".#.|#.#|#.#|##.|.##",
-    "R": "##.|#.#|##.|#.#|#.#", "S": ".##|#..|.#.|..#|##.", "T": "###|.#.|.#.|.#.|.#.",
-    "U": "#.#|#.#|#.#|#.#|###", "V": "#.#|#.#|#.#|#.#|.#.", "W": "#.#|#.#|###|###|#.#",
-    "X": "#.#|#.#|.#.|#.#|#.#", "Y": "#.#|#.#|.#.|.#.|.#.", "Z": "###|..#|.#.|#..|###",
-    ".": "...|...|...|...|.#.", "-": "...|...|###|...|...", "+": "...|.#.|###|.#.|...",
-    "(": "..#|.#.|.#.|.#.|..#", ")": "#..|.#.|.#.|.#.|#..", "[": ".##|.#.|.#.|.#.|.##",
-    "]": "##.|.#.|.#.|.#.|##.", ":": "...|.#.|...|.#.|...", "/": "..#|..#|.#.|#..|#..",
-    "*": "...|#.#|.#.|#.#|...", "=": "...|###|...|###|...", " ": "...|...|...|...|...",
-    "<": "..#|.#.|#..|.#.|..#", ">": "#..|.#.|..#|.#.|#..",
-}
-_SCALE = 2
-_CHAR_W, _CHAR_H = 4 * _SCALE, 5 * _SCALE  # 3 px glyph + 1 px space
-
-# Colour maps as anchors evenly spaced on [0, 1] (sampled from matplotlib's perceptually uniform maps).
-_COLORMAPS = {
-    "gray": [(0, 0, 0), (255, 255, 255)],
-    "viridis": [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)],
-    "magma": [(0, 0, 4), (81, 18, 124), (183, 55, 121), (252, 137, 97), (252, 253, 191)],
-    "cividis": [(0, 34, 78), (64, 77, 107), (124, 123, 120), (188, 175, 111), (255, 234, 70)],
-}
-
-
-def _text_mask(text: str) -> np.ndarray:
-    """Boolean [10, 8 * len] bitmap of `text` (upper-cased; unknown characters become spaces)."""
-    columns = []
-    for char in text.upper():
-        rows = _GLYPHS.get(char, _GLYPHS[" "]).split("|")
-        glyph = np.array([[c == "#" for c in row] + [False] for row in rows])
-        columns.append(np.kron(glyph, np.ones((_SCALE, _SCALE), bool)).astype(bool))
-    if not columns:
-        return np.zeros((_CHAR_H, 0), bool)
-    return np.concatenate(columns, axis=1)
-
-
-def _draw_text(canvas: np.ndarray, text: str, row: int, col: int, color=(0, 0, 0)):
-    mask = _text_mask(text)
-    mask = mask[: canvas.shape[0] - row, : max(canvas.shape[1] - col, 0)]
-    canvas[row:row + mask.shape[0], col:col + mask.shape[1]][mask] = color
-
-
-def _colorize(values: np.ndarray, low: float, high: float, cmap: str) -> np.ndarray:
-    """float [H, W] -> uint8 RGB [H, W, 3] through a colour map scaled to [low, high]."""
-    anchors = np.array(_COLORMAPS[cmap], np.float64)
-    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values, np.float64)
-    scaled = np.clip(scaled, 0.0, 1.0) * (len(anchors) - 1)
-    grid = np.arange(len(anchors))
-    rgb = np.stack([np.interp(scaled, grid, anchors[:, k]) for k in range(3)], axis=-1)
-    return np.round(rgb).astype(np.uint8)
-
-
-def _format(value: float, digits: int = 3) -> str:
-    text = f"{value:.{digits}g}"
-    return "0" if text in ("-0", "0") else text.replace("e+0", "e").replace("e-0", "e-").replace("e+", "e")
-
-
-def _display_size(height: int, width: int, smallest: int = 128, largest: int = 384) -> tuple[int, int]:
-    """Panels are enlarged by a whole factor up to about `smallest` px, or shrunk to `largest` px (long side)."""
-    side = max(height, width)
-    if side < smallest:
-        factor = max(1, min(smallest // side, 16))
-        return height * factor, width * factor
-    if side > largest:
-        return max(1, round(height * largest / side)), max(1, round(width * largest / side))
-    return height, width
-
-
-def _panel(values: np.ndarray, title: str, cmap: str) -> np.ndarray:
-    """Title, the image in its colour map, a colour bar and its low / high labels, on white."""
-    from skimage.transform import resize
-
-    values = np.asarray(values, np.float64)
-    # A robust range (0.5 / 99.5 percentiles), so a few hot pixels do not flatten the panel; a label says "<" or
-    # ">" where values beyond it are shown saturated.
-    low, high = (float(v) for v in np.percentile(values, [0.5, 99.5]))
-    # 3 significant digits, more where a narrow range needs them to tell the two ends apart.
-    digits = next((d for d in range(3, 7) if _format(low, d) != _format(high, d)), 3)
-    low_text = ("<" if values.min() < low else "") + _format(low, digits)
-    high_text = (">" if values.max() > high else "") + _format(high, digits)
-    height, width = values.shape
-    dh, dw = _display_size(height, width)
-    if (dh, dw) != (height, width):
-        if dh >= height:  # enlarge: whole pixels, no blur
-            shown = np.repeat(np.repeat(values, dh // height, axis=0), dw // width, axis=1)
-        else:
-            shown = resize(values, (dh, dw), order=1, anti_aliasing=True, preserve_range=True)
-    else:
-        shown = values
-    margin, bar_h = 6, 10
-    panel_w = max(shown.shape[1], len(title) * _CHAR_W, (len(low_text) + len(high_text) + 2) * _CHAR_W) + 2 * margin
-    title_h = _CHAR_H + 2 * margin
-    panel_h = title_h + shown.shape[0] + margin + bar_h + 3 + _CHAR_H + margin
-    canvas = np.full((panel_h, panel_w, 3), 255, np.uint8)
-    _draw_text(canvas, title, margin, margin)
-    left = (panel_w - shown.shape[1]) // 2
-    canvas[title_h:title_h + shown.shape[0], left:left + shown.shape[1]] = _colorize(shown, low, high, cmap)
-    # The colour bar spans the panel (less margins), low on the left; a frame and end ticks make it readable.
-    bar_top = title_h + shown.shape[0] + margin
-    bar_w = panel_w - 2 * margin
-    ramp = np.tile(np.linspace(low, high, bar_w), (bar_h, 1))
-    canvas[bar_top:bar_top + bar_h, margin:margin + bar_w] = _colorize(ramp, low, high, cmap)
-    canvas[bar_top - 1, margin - 1:margin + bar_w + 1] = 0
-    canvas[bar_top + bar_h, margin - 1:margin + bar_w + 1] = 0
-    canvas[bar_top - 1:bar_top + bar_h + 3, margin - 1] = 0
-    canvas[bar_top - 1:bar_top + bar_h + 3, margin + bar_w] = 0
-    label_row = bar_top + bar_h + 4
-    _draw_text(canvas, low_text, label_row, margin)
-    _draw_text(canvas, high_text, label_row, margin + bar_w - len(high_text) * _CHAR_W + _SCALE)
-    return canvas
-
-
-def preview_image(condition: np.ndarray, mean: np.ndarray, std: np.ndarray, schedule: np.ndarray,
-                  unit: str = "") -> np.ndarray:
-    """uint8 RGB strip: input (first channel, grey) | mean (viridis) | std (magma) | schedule (cividis), each
-    titled, with a colour bar labelled with its low / high values (the 0.5 / 99.5 percentiles; `<` / `>` mark a
-    saturated end). Small images are enlarged by a whole factor, large ones shrunk."""
-    suffix = f" [{unit}]" if unit else ""
-    panels = [
-        _panel(condition, "input ch 1", "gray"),
-        _panel(mean, "mean" + suffix, "viridis"),
-        _panel(std, "std" + suffix, "magma"),
-        _panel(schedule, "schedule", "cividis"),
-    ]
-    height = max(p.shape[0] for p in panels)
-    gap = np.full((height, 4, 3), 200, np.uint8)
-    strip = []
-    for panel in panels:
-        padded = np.full((height, panel.shape[1], 3), 255, np.uint8)
-        padded[: panel.shape[0]] = panel
-        strip += [padded, gap]
-    return np.concatenate(strip[:-1], axis=1)

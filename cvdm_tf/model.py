@@ -177,8 +177,13 @@ class CVDM(keras.Model):
         self.built = True
 
 
-def build_model(config) -> CVDM:
-    """The CVDM of a full `Config` (boundary steps = the sampler's T)."""
+def build_model(config) -> keras.Model:
+    """The model of a full `Config`: a CVDM (boundary steps = the sampler's T), or with `model.kind =
+    "regression"` the regression baseline on the same backbone."""
+    if config.model.kind == "regression":
+        from cvdm_tf.regression import Regression
+
+        return Regression(config.model, config.loss, seed=config.train.seed, name="regression")
     return CVDM(config.model, config.loss, boundary_steps=config.sampler.steps, seed=config.train.seed,
                 name="cvdm")
 

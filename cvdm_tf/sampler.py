@@ -151,6 +151,8 @@ class Sampler(tf.Module):
         mean = model.prior_mean(y)
         if mean is not None:
             x = x / model.model_config.residual_scale + tf.repeat(mean, samples, axis=0)
+        if model.model_config.target_range > 0:
+            x = tf.clip_by_value(x, -model.model_config.target_range, model.model_config.target_range)
         height, width = tf.shape(x)[1], tf.shape(x)[2]
         x = tf.reshape(x, [batch, samples, height, width, -1])
         mean = tf.reduce_mean(x, axis=1)
@@ -290,3 +292,15 @@ def schedule_agreement(model, y, steps: int = 200, discretisation: str = "exact"
         worst = max(worst, float(tf.reduce_max(tf.abs(gamma - tf.exp(log_gbar)))))
         log_gbar, _ = walk.previous(tf.constant(i), log_gbar)
     return worst
+
+
+def sampler_for(model, sampler_config=None):
+    """The sampler of a trained model: a `Sampler` with the run's discretisation and time grid, or, for the
+    regression baseline, its `Predictor` (same contract, one answer)."""
+    if getattr(model, "is_regression", False):
+        from cvdm_tf.regression import Predictor
+
+        return Predictor(model)
+    if sampler_config is None:
+        return Sampler(model)
+    return Sampler(model, discretisation=sampler_config.discretisation, grid=sampler_config.grid)

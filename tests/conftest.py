@@ -34,7 +34,7 @@ def tiny_qpi_config(**sections):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A run folder trained for 6 steps on 16 px crops: what infer/export/eval tests use as --model."""
-    from cvdm_tf.runs import train
+    from cvdm_tf.training import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_qpi_config(), out)

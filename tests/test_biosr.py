@@ -66,7 +66,7 @@ def biosr_tree(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def biosr_run(tmp_path_factory, biosr_tree):
-    from cvdm_tf.runs import train
+    from cvdm_tf.training import train
 
     out = tmp_path_factory.mktemp("runs") / "biosr"
     train(tiny_biosr_config(source=str(biosr_tree)), out)
@@ -257,3 +257,27 @@ def test_bad_trees_fail_training_before_anything_is_written(tmp_path, problem):
     assert result.stderr.count("\n") == 1
     assert ("SIM_gt.mrc" in result.stderr) if problem == "no-target" else ("not 2x" in result.stderr)
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_regression_baseline_trains_infers_exports_and_evaluates_through_the_same_run_folder(
+        biosr_tree, biosr_run, tmp_path):
+    run = tmp_path / "regression"
+    result = _invoke("train", "--task", "biosr", "--kind", "regression", "--data", biosr_tree, "--out", run,
+                     "--steps", 3, "--image-size", 16)
+    assert result.exit_code == 0, result.output
+    wide = tmp_path / "in" / "wide.tif"
+    io.write_tiff(wide, np.random.default_rng(0).uniform(0, 100, (12, 20)).astype(np.float32))
+    result = _invoke("infer", "--model", run, "--input", wide, "--out", tmp_path / "out", "--samples", 3)
+    assert result.exit_code == 0, result.stderr
+    assert tifffile.imread(tmp_path / "out" / "wide_mean.tif").shape == (24, 40)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "wide_std.tif"), 0.0)
+    result = _invoke("export", "--model", run, "--out", tmp_path / "export")
+    assert result.exit_code == 0, result.stderr
+    # eval scores it beside a CVDM run, on the same cases.
+    report_path = tmp_path / "report.json"
+    result = _invoke("eval", "--model", biosr_run, "--compare", run, "--data", biosr_tree, "--samples", 2,
+                     "--steps", 2, "--baseline", "bicubic", "--out", report_path)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert set(report["mean"]) == {"cvdm", "regression", "bicubic"}

@@ -12,7 +12,9 @@ from cvdm_tf.tasks.qpi import DataConfig
 from cvdm_tf.data import sources
 from cvdm_tf.tasks.qpi import QPITask
 from cvdm_tf.errors import InputError
-from cvdm_tf.inference import blend_window, preview_image, reconstruct, tile_starts, tiled_apply
+from cvdm_tf.inference import reconstruct
+from cvdm_tf.previews import preview_image
+from cvdm_tf.tiling import blend_window, tile_starts, tiled_apply
 from test_sampler import ExactGaussianModel
 
 # === Tiling ===

@@ -310,7 +310,7 @@ def test_metrics_log_keeps_rows_up_to_the_restored_step(tmp_path):
 def test_resume_deletes_uncommitted_checkpoints_and_later_events(tmp_path):
     import tensorflow as tf
 
-    from cvdm_tf.runs import _discard_after
+    from cvdm_tf.runs import discard_after
 
     folder = tmp_path / "checkpoints"
     (folder / "ckpt-12_temp").mkdir(parents=True)
@@ -326,14 +326,14 @@ def test_resume_deletes_uncommitted_checkpoints_and_later_events(tmp_path):
     events = next((tmp_path / "logs").glob("events.out.tfevents.*"))
     with events.open("ab") as handle:
         handle.write(b"\x10\x00\x00")  # a record cut short by the kill
-    _discard_after(tmp_path, 8)
+    discard_after(tmp_path, 8)
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint", "ckpt-8.data-00000-of-00001",
                                                         "ckpt-8.index"]
     assert _scalar_steps(tmp_path) == [2, 4, 6, 8]
 
 
 def test_a_signal_only_asks_the_loop_to_stop_and_a_second_ctrl_c_stops_at_once():
-    from cvdm_tf.runs import StopRequests
+    from cvdm_tf.training import StopRequests
 
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with StopRequests() as stop:

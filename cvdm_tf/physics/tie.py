@@ -62,6 +62,23 @@ mathematically identical to mirror-padding to 2H x 2W and using the FFT solver, 
 Neither solver can see a linear phase ramp (a tilt): with uniform intensity it has laplacian(phi) = 0 and
 leaves dI/dz = 0, so no TIE solver recovers it, whatever the boundaries.
 
+Non-uniform intensity: US-TIE (`tie_us`, `tie_us_from_derivative`). Objects that absorb (real cells in
+brightfield) have a non-uniform in-focus intensity, and (6.6) then reads the intensity pattern as phase
+curvature (measured: 0.04-0.07 rad MAE on 96 x 128 px cells behind amplitude 0.5..1 blobs, against 0.008 for
+US-TIE). The full equation (6.4) is solved as Zhang et al. 2020 do (Opt. Lett. 45, 3649, "universal solution"),
+with Teague's auxiliary function psi:
+
+    laplacian(psi) = -k dI/dz                      (grad psi = I grad phi, if I grad phi is curl-free)      (6.8)
+    grad phi = grad(psi) / I                                                                           (6.9)
+    laplacian(phi) = div( grad(psi) / I )                                                              (6.10)
+    -div(I grad phi) = k dI/dz, solved by conjugate gradients from (6.8)-(6.10), which precondition it  (6.11)
+
+All Poisson solves use Neumann (DCT) boundaries: the fields are mirrored to 2H x 2W, where the FFT is the
+DCT-II and spectral gradients and divergences are exact. (6.11) replaces Zhang's iterative compensation
+(phi += Teague(residual)), which is the same preconditioner in a plain iteration and diverges when I varies by
+more than ~10x; see `tie_us_from_derivative` for the measurements. The Tikhonov filter of (6.7) is applied
+once, to the source, so that with uniform I US-TIE is `tie_dct`.
+
 Notation:
 
     symbol        code name          units
@@ -75,6 +92,7 @@ Notation:
     kappa^2       kappa_squared      rad^2 / pixel^2
     regularization regularization    rad^4 / pixel^4 (dimensionless per pixel)
     phi           phase              rad
+    psi           (Teague's auxiliary function)   rad (with I / mean(I) dimensionless)
 """
 
 import math
@@ -84,7 +102,7 @@ import tensorflow as tf
 
 from cvdm_tf.errors import InputError
 
-__all__ = ["tie_fft", "tie_dct", "tune_regularization"]
+__all__ = ["tie_fft", "tie_dct", "tie_us", "tie_us_from_derivative", "tune_regularization"]
 
 _TWO_PI = 2.0 * math.pi
 
@@ -213,7 +231,223 @@ def tie_dct(intensities, defocus_um=1.0, wavelength_um=0.521, pixel_size_um=0.21
     return _zero_mean(_dct2d(_dct2d(source) * gain, inverse=True))
 
 
-_SOLVERS = {"fft": tie_fft, "dct": tie_dct}
+# === US-TIE: non-uniform intensity (Teague's auxiliary function, Neumann boundaries, conjugate gradients) ===
+
+
+def _mirror(image):
+    """[..., H, W] -> [..., 2H, 2W], the even (half-sample) extension on whose periodic grid FFT == DCT-II."""
+    image = tf.concat([image, tf.reverse(image, axis=[-1])], axis=-1)
+    return tf.concat([image, tf.reverse(image, axis=[-2])], axis=-2)
+
+
+class _MirrorSpectrum:
+    """Spectral derivatives on the mirrored 2H x 2W grid, in the rfft2d layout, kappa in rad / pixel.
+
+    First derivatives use i kappa with the Nyquist row / column set to zero (the derivative of a real field must
+    stay real); the inverse Laplacian uses the full kappa^2 with 0 at kappa = 0. On mirrored data the Nyquist
+    coefficients of a DCT-II field are zero, so both conventions agree there.
+    """
+
+    def __init__(self, height, width):
+        self.size = tf.stack([2 * height, 2 * width])
+        # kappa = pi m / n (2 pi fftfreq(2n)), pi in full float64 (tf.cast(math.pi, tf.float64) rounds it to float32).
+        index_y = tf.range(2 * height)
+        index_y = tf.where(index_y <= height, index_y, index_y - 2 * height)
+        kappa_y = (math.pi * tf.cast(index_y, tf.float64) / tf.cast(height, tf.float64))[:, tf.newaxis]
+        kappa_x = (math.pi * tf.cast(tf.range(width + 1), tf.float64) / tf.cast(width, tf.float64))[tf.newaxis, :]
+        self.kappa_squared = kappa_y**2 + kappa_x**2
+        nyquist_y = tf.equal(tf.range(2 * height), height)[:, tf.newaxis]
+        nyquist_x = tf.equal(tf.range(width + 1), width)[tf.newaxis, :]
+        self.i_kappa_y = tf.complex(tf.zeros_like(kappa_y), tf.where(nyquist_y, tf.zeros_like(kappa_y), kappa_y))
+        self.i_kappa_x = tf.complex(tf.zeros_like(kappa_x), tf.where(nyquist_x, tf.zeros_like(kappa_x), kappa_x))
+        # 1 / kappa^2 and 0 at kappa = 0: the exact inverse Laplacian, up to the constant TIE cannot fix.
+        self.inverse_laplacian = tf.cast(_inverse_laplacian_gain(self.kappa_squared, tf.constant(0.0, tf.float64)),
+                                         tf.complex128)
+
+    def forward(self, field):
+        return tf.signal.rfft2d(field)
+
+    def inverse(self, spectrum):
+        return tf.signal.irfft2d(spectrum, fft_length=self.size)
+
+    def gradient(self, spectrum):
+        return self.inverse(self.i_kappa_y * spectrum), self.inverse(self.i_kappa_x * spectrum)
+
+    def divergence(self, field_y, field_x):
+        """The spectrum of d(field_y)/dy + d(field_x)/dx."""
+        return self.i_kappa_y * self.forward(field_y) + self.i_kappa_x * self.forward(field_x)
+
+
+def _teague(ops, source, intensity):
+    """Teague's solution of div(I grad phi) = -source, eqs. (6.8)-(6.10), real fields on the mirrored grid.
+
+    laplacian(psi) = -source; grad phi = grad(psi) / I; laplacian(phi) = div(grad psi / I). Exact when I grad phi
+    is curl-free (always, for uniform I). As a map source -> phi it is symmetric positive definite on zero-mean
+    fields, which is what lets it precondition conjugate gradients.
+    """
+    psi_spectrum = ops.forward(source) * ops.inverse_laplacian  # laplacian -> -kappa^2
+    gradient_y, gradient_x = ops.gradient(psi_spectrum)
+    return -ops.inverse(ops.divergence(gradient_y / intensity, gradient_x / intensity) * ops.inverse_laplacian)
+
+
+def _tie_operator(ops, phase, intensity):
+    """-div(I grad phi), eq. (6.4)'s right side with the sign that makes it symmetric positive definite."""
+    gradient_y, gradient_x = ops.gradient(ops.forward(phase))
+    return -ops.inverse(ops.divergence(intensity * gradient_y, intensity * gradient_x))
+
+
+def _dot(a, b):
+    return tf.reduce_sum(a * b, axis=[-2, -1], keepdims=True)
+
+
+def _conjugate_gradients(ops, source, intensity, iterations):
+    """Solve -div(I grad phi) = source by conjugate gradients preconditioned with Teague's solver, eq. (6.11).
+
+    Starts from Teague's phi_0. Zhang et al.'s compensation, phi_{n+1} = phi_n + Teague(residual), is the plain
+    (Richardson) iteration with the same preconditioner; it diverges when I varies by more than ~10x across the
+    image (measured: I in 0.01..1 blows up within 3 iterations). Both operators are symmetric positive definite
+    on zero-mean fields, so conjugate gradients converge for any positive I, and faster.
+    """
+    phase = _teague(ops, source, intensity)
+    residual = source - _tie_operator(ops, phase, intensity)
+    preconditioned = _teague(ops, residual, intensity)
+    direction = preconditioned
+    residual_dot = _dot(residual, preconditioned)
+    for _ in range(iterations):
+        applied = _tie_operator(ops, direction, intensity)
+        step = tf.math.divide_no_nan(residual_dot, _dot(direction, applied))
+        phase = phase + step * direction
+        residual = residual - step * applied
+        preconditioned = _teague(ops, residual, intensity)
+        new_residual_dot = _dot(residual, preconditioned)
+        direction = preconditioned + tf.math.divide_no_nan(new_residual_dot, residual_dot) * direction
+        residual_dot = new_residual_dot
+    return phase
+
+
+def tie_us_from_derivative(
+    in_focus,
+    d_intensity_dz,
+    wavelength_um=0.521,
+    pixel_size_um=0.21,
+    regularization=1e-6,
+    iterations=10,
+    min_intensity=1e-3,
+):
+    """US-TIE: the full TIE with non-uniform intensity, Neumann boundaries, eqs. (6.4), (6.8)-(6.11).
+
+    After Zhang et al. 2020 ("On a universal solution to the transport-of-intensity equation", Opt. Lett. 45,
+    3649): Teague's auxiliary function with DCT (Neumann) Poisson solvers, then iterations that remove the error
+    of Teague's curl-free assumption. All of it runs on the mirrored 2H x 2W grid (FFT there == DCT-II here), in
+    float64.
+
+    Steps:
+      1. I_n = I0 / mean(I0) (per image), floored at `min_intensity`; source f = dx^2 k dI/dz / mean(I0) in
+         rad / px^2, so the TIE reads -div_px(I_n grad_px phi) = f.
+      2. Tikhonov filter on the source, once: f_hat * kappa^4 / (kappa^4 + regularization) (the filter of eq.
+         (6.7), 0 at kappa = 0). Everything after it is an exact inverse, so with uniform I0 the result is
+         `tie_dct`'s.
+      3. Teague, eqs. (6.8)-(6.10): laplacian(psi) = -f; phi_0 = laplacian^-1 div(grad(psi) / I_n).
+      4. `iterations` steps of conjugate gradients on -div(I_n grad phi) = f from phi_0, preconditioned with
+         Teague's solver, eq. (6.11) (`_conjugate_gradients` says why not Zhang's plain compensation).
+      5. Crop the mirrored grid back to H x W and make phi zero-mean.
+
+    Measured (two 128 px cell phantoms, phase peak 2.5 rad, dz 0.5 um, noise-free, in-focus I0 given,
+    regularization 1e-10, offset-free MAE in rad; `tie_dct` 0.04-0.14 on all of them):
+
+        amplitude                                   Teague (0 iterations)   3 iterations   10 iterations
+        0.6..1, following the phase                 0.001-0.002             converged      converged
+        0.3..1, an independent absorber             0.010-0.14              5e-4           5e-4
+        0.1..1, independent                         0.04-0.59               7e-4-3e-3      4e-4-5e-4
+        0.01..1 (I0 spans 1e4), independent         0.25-3.3                5e-3-0.06      7e-4-3e-3
+
+    Zhang et al.'s plain compensation diverged on the last two rows.
+
+    Args:
+      in_focus: float tensor [..., H, W]. I0, the in-focus intensity (any unit; only ratios matter).
+      d_intensity_dz: float tensor [..., H, W]. dI/dz at focus, in intensity units / um.
+      wavelength_um: float or scalar tensor. lam in um.
+      pixel_size_um: float or scalar tensor. dx in um.
+      regularization: float or scalar tensor >= 0. Tikhonov weight in rad^4 / px^4 (module docstring).
+      iterations: python int >= 0. Conjugate-gradient iterations after Teague (0: Teague's solution).
+      min_intensity: python float > 0. Floor for I0 / mean(I0), so dark pixels do not divide by ~0.
+
+    Returns:
+      float32 tensor [..., H, W] (float64 when both inputs are float64): phi in rad, zero-mean per image.
+    """
+    _check_physics(1.0, wavelength_um, pixel_size_um, regularization)  # no defocus here: 1.0 passes
+    if int(iterations) != iterations or iterations < 0:
+        raise InputError(f"iterations must be an integer >= 0, got {iterations}")
+    if not min_intensity > 0:
+        raise InputError(f"min_intensity must be > 0, got {min_intensity}")
+    in_focus = tf.convert_to_tensor(in_focus)
+    d_intensity_dz = tf.convert_to_tensor(d_intensity_dz)
+    both_float64 = in_focus.dtype == tf.float64 and d_intensity_dz.dtype == tf.float64
+    out_dtype = tf.float64 if both_float64 else tf.float32
+    in_focus = tf.cast(in_focus, tf.float64)
+    d_intensity_dz = tf.cast(d_intensity_dz, tf.float64)
+    in_focus, d_intensity_dz = in_focus + tf.zeros_like(d_intensity_dz), d_intensity_dz + tf.zeros_like(in_focus)
+
+    # 1. Dimensionless intensity and source, as in `_poisson_source`.
+    mean_in_focus = tf.reduce_mean(in_focus, axis=[-2, -1], keepdims=True)
+    intensity = tf.maximum(in_focus / mean_in_focus, tf.constant(min_intensity, tf.float64))
+    scale = _TWO_PI / _float64(wavelength_um) * _float64(pixel_size_um) ** 2
+    source = scale * d_intensity_dz / mean_in_focus
+    shape = tf.shape(source)
+    height, width = shape[-2], shape[-1]
+    ops = _MirrorSpectrum(height, width)
+
+    # 2. Tikhonov filter: kappa^2 * kappa^2 / (kappa^4 + reg).
+    low_pass = ops.kappa_squared * _inverse_laplacian_gain(ops.kappa_squared, _float64(regularization))
+    source = ops.inverse(ops.forward(_mirror(source)) * tf.cast(low_pass, tf.complex128))
+
+    # 3.-4. Teague, then conjugate gradients.
+    phase = _conjugate_gradients(ops, source, _mirror(intensity), int(iterations))
+
+    # 5. Back to H x W.
+    return tf.cast(_zero_mean(phase[..., :height, :width]), out_dtype)
+
+
+def tie_us(
+    intensities,
+    defocus_um=1.0,
+    wavelength_um=0.521,
+    pixel_size_um=0.21,
+    regularization=1e-6,
+    in_focus=None,
+    iterations=10,
+):
+    """2-shot US-TIE: `tie_us_from_derivative` on a defocus pair, the same call as `tie_fft` / `tie_dct`.
+
+    Steps:
+      1. dI/dz = (I(+dz) - I(-dz)) / (2 dz), eq. (6.5).
+      2. I0 = `in_focus` when given (a third, in-focus shot), else (I(-dz) + I(+dz)) / 2, which differs from the
+         in-focus intensity by O(dz^2).
+      3. `tie_us_from_derivative(I0, dI/dz, ...)`.
+
+    Args:
+      intensities: float tensor [..., H, W, 2]: (I(-dz), I(+dz)).
+      defocus_um, wavelength_um, pixel_size_um, regularization: as `tie_fft`.
+      in_focus: optional float tensor broadcastable to [..., H, W]: the measured in-focus intensity.
+      iterations: python int >= 0. Conjugate-gradient iterations, see `tie_us_from_derivative`.
+
+    Returns:
+      float32 tensor [..., H, W] (float64 for float64 input): phi in rad, zero-mean per image.
+    """
+    _check_physics(defocus_um, wavelength_um, pixel_size_um, regularization)
+    intensities = tf.convert_to_tensor(intensities)
+    dtype = tf.float64 if intensities.dtype == tf.float64 else tf.float32
+    intensities = tf.cast(intensities, tf.float64)
+    before, after = intensities[..., 0], intensities[..., 1]
+    d_intensity_dz = (after - before) / (2.0 * _float64(defocus_um))
+    in_focus = 0.5 * (before + after) if in_focus is None else tf.cast(in_focus, tf.float64)
+    phase = tie_us_from_derivative(
+        in_focus, d_intensity_dz, wavelength_um, pixel_size_um, regularization, iterations=iterations
+    )
+    return tf.cast(phase, dtype)
+
+
+_SOLVERS = {"fft": tie_fft, "dct": tie_dct, "us": tie_us}
 
 
 def tune_regularization(intensities, phase_true, solver="fft", candidates=None, **physics):
@@ -223,7 +457,7 @@ def tune_regularization(intensities, phase_true, solver="fft", candidates=None, 
       1. Candidates: `candidates`, or a log grid 1e-12 .. 1e0 with two points per decade (25 values). The
          grid reaches down to 1e-12 because noise-free data want almost no damping: with kappa in rad / px the
          lowest frequency of an N px image has kappa^4 = (2 pi / N)^4, 1.4e-9 at N = 1024.
-      2. For each, solve all images with `tie_fft` / `tie_dct`.
+      2. For each, solve all images with `tie_fft` / `tie_dct` / `tie_us`.
       3. Offset-free MAE: subtract each image's own mean from estimate and truth, then mean |difference| over
          all pixels and images (TIE fixes the phase only up to a constant).
       4. Return the candidate with the smallest MAE (the first one on a tie).
@@ -231,7 +465,7 @@ def tune_regularization(intensities, phase_true, solver="fft", candidates=None, 
     Args:
       intensities: float tensor [..., H, W, 2]: (I(-dz), I(+dz)).
       phase_true: float tensor [..., H, W]: the known phase in rad.
-      solver: "fft" or "dct".
+      solver: "fft", "dct" or "us".
       candidates: optional iterable of regularization values >= 0.
       **physics: defocus_um, wavelength_um, pixel_size_um, passed to the solver.
 

@@ -28,6 +28,13 @@ TASK_OPTIONS = {
         Option("--phase-max", "phase_max", float, "Phase of an integer image's maximum (radians)."),
         Option("--tie-regularization", "regularization", float, "TIE's Tikhonov weight (default: tuned on the "
                "evaluated images, the best TIE can do).", commands=("eval",), baseline="tie"),
+        Option("--z-step", "z_step_um", float, "A through-focus z-stack: its plane spacing in micrometres "
+               "(default: from the TIFF's metadata); the pair is read at +-defocus around focus.",
+               commands=("infer", "eval"), reader=True),
+        Option("--stack-defocus", "defocus_um", float, "Defocus of the pair taken from a z-stack, micrometres "
+               "(default: the run's data.defocus_um).", commands=("infer", "eval"), reader=True),
+        Option("--focus-plane", "focus", int, "In-focus plane of a z-stack (default: minimum contrast, right "
+               "for weakly absorbing samples).", commands=("infer", "eval"), reader=True),
     ),
     "biosr": (
         Option("--na", "na", float, "Numerical aperture of the objective."),

@@ -29,8 +29,9 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Option:
-    """A command-line option of a task for some of `cvdm-tf simulate` / `eval`. `--flag VALUE` sets the data
-    config's `key`, or with `baseline` set, the keyword `key` of that baseline."""
+    """A command-line option of a task for some of `cvdm-tf simulate` / `infer` / `eval`. `--flag VALUE` sets the
+    data config's `key`; with `baseline` set, the keyword `key` of that baseline; with `reader`, the keyword
+    `key` of the task's `read_measurements` / `eval_cases` (how a file becomes measurements)."""
 
     flag: str
     key: str
@@ -38,6 +39,7 @@ class Option:
     help: str
     commands: tuple = ("simulate", "eval")
     baseline: str = ""
+    reader: bool = False
 
 
 @dataclass
@@ -148,8 +150,9 @@ class Task:
         raise NotImplementedError
 
     # --- files ---
-    def read_measurements(self, path) -> list[np.ndarray]:
-        """The raw measurement(s) [h, w, C_m] in one input file (a stack may hold several)."""
+    def read_measurements(self, path, message: Callable | None = None, **options) -> list[np.ndarray]:
+        """The raw measurement(s) [h, w, C_m] in one input file (a stack may hold several); `options` are the
+        task's reader options (`Option.reader`), `message(text)` tells the user what was chosen."""
         from cvdm_tf.data import sources
 
         return sources.read_stack(path)
@@ -163,7 +166,8 @@ class Task:
         raise NotImplementedError
 
     # --- evaluation ---
-    def eval_cases(self, data_path, noise: str, seed: int) -> list[Case]:
+    def eval_cases(self, data_path, noise: str, seed: int, **options) -> list[Case]:
+        """The cases in `data_path`; `options` are the task's reader options."""
         raise NotImplementedError
 
     def baselines(self) -> dict:

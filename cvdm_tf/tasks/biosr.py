@@ -228,7 +228,7 @@ class BioSRTask(Task):
         return FileBank([size for _, size in usable], load, {"widefield": 1, "target": 1}, self.crop_divisors)
 
     # --- files ---
-    def read_measurements(self, path):
+    def read_measurements(self, path, message=None):
         return [biosr_files.read_widefield(path)[..., None]]
 
     def is_truth_file(self, path, stems):
@@ -259,7 +259,7 @@ class BioSRTask(Task):
         return cases
 
     # --- evaluation ---
-    def eval_cases(self, data_path, noise, seed):
+    def eval_cases(self, data_path, noise, seed):  # no reader options
         """Measured pairs (a BioSR folder, wf/ + gt/ TIFFs, an .npz), or structure images to simulate from."""
         path = Path(data_path)
         if not path.exists():

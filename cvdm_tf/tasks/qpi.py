@@ -31,7 +31,8 @@ from cvdm_tf.data.phantoms import cell_phantom
 from cvdm_tf.data.pipeline import InMemoryBank
 from cvdm_tf.errors import InputError
 from cvdm_tf.physics.fresnel import two_shot_intensities
-from cvdm_tf.physics.tie import tie_fft, tune_regularization
+from cvdm_tf.physics import through_focus
+from cvdm_tf.physics.tie import tie_dct, tie_fft, tie_us, tune_regularization
 from cvdm_tf.tasks import TASK_OPTIONS
 from cvdm_tf.tasks.base import Baseline, Case, Task
 
@@ -194,6 +195,51 @@ class QPITask(Task):
         return bank(train), (bank(val) if val else None), f"{len(train)} training + {len(val)} validation images"
 
     # --- files ---
+    def read_measurements(self, path, message=None, z_step_um=None, defocus_um=None, focus=None):
+        """The pair(s) in a file; a through-focus z-stack (`z_step_um` given, or in the TIFF's metadata) gives the
+        pair at +-defocus_um (default: the run's) around its focus plane (`focus`, default minimum contrast)."""
+        stack = self._through_focus(path, z_step_um, defocus_um, focus, message)
+        if stack is None:
+            return sources.read_stack(path)
+        return [stack.pair]
+
+    def _through_focus(self, path, z_step_um, defocus_um, focus, message=None):
+        """The z-stack in `path` and the planes of its pair, or None when `path` is not a z-stack."""
+        from types import SimpleNamespace
+
+        from cvdm_tf.data import stacks
+
+        if z_step_um is None and Path(path).suffix.lower() not in (".tif", ".tiff"):
+            return None
+        if z_step_um is None:
+            try:
+                planes, z_step_um = stacks.read_stack(path)
+            except InputError:
+                return None  # not a z-stack: read as images
+            if z_step_um is None:
+                return None
+        else:
+            planes, stored = stacks.read_stack(path)
+            if stored is not None and not np.isclose(stored, z_step_um, rtol=1e-3) and message:
+                message(f"{path}: --z-step {z_step_um} um overrides the file's z spacing {stored} um")
+        if not (np.isfinite(z_step_um) and z_step_um > 0):
+            raise InputError(f"{path}: z step must be > 0 um, got {z_step_um}")
+        z = np.arange(len(planes)) * z_step_um
+        focus = through_focus.focus_index(planes) if focus is None else focus
+        dz = defocus_um or self.data.defocus_um
+        try:
+            before, after = through_focus.two_shot_planes(z, dz, focus)
+        except InputError as err:
+            raise InputError(f"{path}: {err}") from None
+        used = (z[after] - z[before]) / 2
+        if message:
+            message(f"{path}: {len(planes)} planes, {z_step_um} um apart; focus plane {focus}, pair = planes "
+                    f"{before} and {after} (defocus {used:g} um"
+                    + (f"; the model was trained at {self.data.defocus_um:g} um)" if not np.isclose(
+                        used, self.data.defocus_um) else ")"))
+        return SimpleNamespace(planes=planes, z=z, focus=focus, defocus_um=used,
+                               pair=np.stack([planes[before], planes[after]], axis=-1).astype(np.float32))
+
     def is_truth_file(self, path, stems):
         # `cvdm-tf simulate` writes NAME.tif beside NAME_phase.tif (the truth): the truth is not a measurement.
         return path.stem.endswith("_phase") and (path.parent, path.stem[: -len("_phase")]) in stems
@@ -214,7 +260,20 @@ class QPITask(Task):
         return len(cases)
 
     # --- evaluation ---
-    def eval_cases(self, data_path, noise, seed):
+    def eval_cases(self, data_path, noise, seed, z_step_um=None, defocus_um=None, focus=None):
+        """Simulated pairs of ground-truth phase images; or, for a through-focus z-stack (`z_step_um`, or z spacing
+        in its metadata), the 2-shot pair at +-dz with the multi-plane reference phase as the truth (the paper's
+        Table 2(b): polynomial fit of I(z) per pixel, its derivative at focus into US-TIE)."""
+        stack = self._through_focus(data_path, z_step_um, defocus_um, focus) if Path(data_path).is_file() else None
+        if stack is not None:
+            d = self.data
+            truth, _ = through_focus.reference_phase(stack.planes, stack.z, d.wavelength_um, d.pixel_size_um,
+                                                     focus=stack.focus)
+            if not np.isclose(stack.defocus_um, d.defocus_um, rtol=1e-2):
+                raise InputError(f"{data_path}: the planes nearest to +-{defocus_um or d.defocus_um:g} um are "
+                                 f"{stack.defocus_um:g} um from focus; eval compares every method at the run's "
+                                 f"defocus {d.defocus_um:g} um (choose a z-stack whose step divides it)")
+            return [Case(Path(data_path).stem, stack.pair, truth)]
         cases = []
         for index, (name, phase) in enumerate(self.truths(data_path)):
             raw = self.add_noise(self.measure(tf.constant(phase)), tf.constant([seed, index], tf.int64), noise=noise)
@@ -222,7 +281,9 @@ class QPITask(Task):
         return cases
 
     def baselines(self):
-        return {"tie": lambda **options: TIEBaseline(self, **options)}
+        return {"tie": lambda **options: TIEBaseline(self, **options),
+                "tie-dct": lambda **options: TIEBaseline(self, solver="dct", **options),
+                "us-tie": lambda **options: TIEBaseline(self, solver="us", **options)}
 
     def centre(self, estimate, truth):
         return metrics.offset_free(np.asarray(estimate, np.float64), np.asarray(truth, np.float64))
@@ -238,28 +299,31 @@ class QPITask(Task):
 
 
 class TIEBaseline(Baseline):
-    """FFT-TIE with its Tikhonov weight tuned on the evaluated images and their truth unless given: an oracle
-    choice that makes it the best TIE can do."""
+    """A TIE solver (FFT, DCT, or US-TIE for non-uniform intensity) with its Tikhonov weight tuned on the evaluated
+    images and their truth unless given: an oracle choice that makes it the best that solver can do."""
 
-    name = "tie"
-    description = "FFT transport-of-intensity solver, Tikhonov weight tuned on the truth (oracle)"
+    SOLVERS = {"fft": tie_fft, "dct": tie_dct, "us": tie_us}
 
-    def __init__(self, task: QPITask, regularization: float | None = None):
+    def __init__(self, task: QPITask, regularization: float | None = None, solver: str = "fft"):
         self.task = task
         self.regularization = regularization
+        self.solver = solver
+        self.name = {"fft": "tie", "dct": "tie-dct", "us": "us-tie"}[solver]
 
     def tune(self, cases):
         if self.regularization is None:
             d = self.task.data
             # Images may differ in size, so tune on each and take the geometric median.
-            choices = [tune_regularization(case.measurement[None], case.truth[None], solver="fft",
+            choices = [tune_regularization(case.measurement[None], case.truth[None], solver=self.solver,
                                            defocus_um=d.defocus_um, wavelength_um=d.wavelength_um,
                                            pixel_size_um=d.pixel_size_um)[0] for case in cases]
-            self.regularization = float(np.exp(np.median(np.log(choices))))
-        return {"tie_regularization": self.regularization}
+            self.regularization = float(np.exp(np.median(np.log(np.maximum(choices, 1e-300)))))
+        return {f"{self.name.replace('-', '_')}_regularization": self.regularization}
 
     def __call__(self, measurement):
-        return np.asarray(self.task.baseline(tf.constant(measurement), self.regularization))[..., 0]
+        d = self.task.data
+        return self.SOLVERS[self.solver](tf.constant(measurement), d.defocus_um, d.wavelength_um, d.pixel_size_um,
+                                         self.regularization).numpy()
 
 
 def phase_from_image(image: np.ndarray, source_dtype, phase_max: float) -> np.ndarray:
