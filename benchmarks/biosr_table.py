@@ -6,7 +6,7 @@
 
 Held-out cells: `--cells` per structure type, `--size` SIM px, drawn with a seed the training never uses
 (training cells come from `train.seed`), imaged with the run's optics at `--photons` photons per unit density
-(the middle of the training range by default), Poisson-Gaussian noise. Methods: every `--model` run (CVDM,
+(the middle of the training range by default; `--seed` draws another held-out set), Poisson-Gaussian noise. Methods: every `--model` run (CVDM,
 CDDPM = a run trained with `--schedule linear`, the regression U-Net = `--kind regression`), Richardson-Lucy
 with the task's PSF (iterations tuned on these cells' truth: an oracle) and bicubic upsampling; the widefield
 input's own resolution for scale. Metrics as `cvdm-tf eval --task biosr` (and the paper's Table 1): each image
@@ -68,6 +68,8 @@ def main(argv=None):
     parser.add_argument("--photons", type=float, help="default: the middle of the run's training range")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--steps", type=int, help="sampling steps (default: each run's)")
+    parser.add_argument("--sampler", choices=["ddpm", "ddim"], help="default: each run's")
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="seed of the held-out cells")
     parser.add_argument("--data", help="also evaluate on these BioSR files (a BioSR folder or wf/ + gt/ pairs)")
     parser.add_argument("--out", help="markdown file to write (e.g. docs/results-biosr.md)")
     args = parser.parse_args(argv)
@@ -75,7 +77,7 @@ def main(argv=None):
     runs = [load_run(path) for path in args.model]
     config, task, _ = runs[0]
     photons = args.photons or float(np.sqrt(config.data.photons_min * config.data.photons_max))
-    sets = {"held-out simulated cells": held_out_cases(task, args.cells, args.size, photons, HELD_OUT_SEED)}
+    sets = {"held-out simulated cells": held_out_cases(task, args.cells, args.size, photons, args.seed)}
     if args.data:
         sets[f"BioSR files ({args.data})"] = task.eval_cases(args.data, "none", 0)
 
@@ -92,7 +94,8 @@ def main(argv=None):
             began = time.process_time()
             for case in cases:
                 out = reconstruct(model, task, case.measurement, samples=args.samples,
-                                  steps=args.steps or run_config.sampler.steps, method=run_config.sampler.method,
+                                  steps=args.steps or run_config.sampler.steps,
+                                  method=args.sampler or run_config.sampler.method,
                                   seed=0, sampler=sampler)
                 scores.setdefault(name, []).append((case.group, task.score(out["mean"][..., 0], case.truth)))
             seconds[name] = (time.process_time() - began) / len(cases)

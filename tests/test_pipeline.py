@@ -166,3 +166,40 @@ def test_poisson_noise_variance_is_intensity_over_photons(level, read_noise):
 def test_no_noise_is_the_identity():
     intensities = tf.random.stateless_uniform(FLAT, seed=[0, 0])
     np.testing.assert_array_equal(QPITask(DataConfig(noise="none")).add_noise(intensities, [1, 2]), intensities)
+
+
+def test_file_bank_crops_equal_in_memory_crops(rng):
+    """The file-backed bank reads the same windows (all arrays of an example at their own grids) as the in-memory
+    one, for the same seeds: same sizes, same random draws, only where the pixels live differs."""
+    from cvdm_tf.data.pipeline import FileBank
+
+    examples = [{"wide": rng.random((h // 2, w // 2, 1)).astype(np.float32),
+                 "fine": rng.random((h, w, 1)).astype(np.float32)} for h, w in ((32, 40), (48, 32), (36, 36))]
+    divisors = {"wide": 2, "fine": 1}
+    memory = InMemoryBank(examples, divisors)
+    loads = []
+
+    def load(index):
+        loads.append(index)
+        return examples[index]
+
+    files = FileBank([e["fine"].shape[:2] for e in examples], load, {"wide": 1, "fine": 1}, divisors)
+    for k in range(12):
+        seed = tf.constant([k, 3], tf.int64)
+        a, b = memory.random_crop(16, seed), files.random_crop(16, seed)
+        assert a["wide"].shape == (8, 8, 1) and a["fine"].shape == (16, 16, 1)
+        for name in divisors:
+            np.testing.assert_array_equal(a[name].numpy(), b[name].numpy())
+        # The two grids show the same field of view: the fine crop binned 2x2 sits where the coarse crop is.
+        example = examples[loads[-1]]
+        top, left = _find(example["fine"][..., 0], a["fine"].numpy()[..., 0])
+        assert top % 2 == 0 and left % 2 == 0
+        np.testing.assert_array_equal(example["wide"][top // 2: top // 2 + 8, left // 2: left // 2 + 8],
+                                      a["wide"].numpy())
+    assert len(loads) == 12  # one read per crop, nothing kept
+
+
+def _find(image, crop):
+    windows = np.lib.stride_tricks.sliding_window_view(image, crop.shape)
+    top, left = np.argwhere(np.all(windows == crop, axis=(-2, -1)))[0]
+    return int(top), int(left)

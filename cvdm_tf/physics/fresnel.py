@@ -20,7 +20,7 @@ Notation (all lengths in micrometres, one unit for all of them):
     lam         wavelength_um        um
     dx          pixel_size_um        um (square pixels)
     k           2 pi / lam           rad / um
-    fx, fy      _frequencies(...)    cycles / um (numpy.fft.fftfreq ordering)
+    fx, fy      fft_frequencies(...)    cycles / um (numpy.fft.fftfreq ordering)
     H           transfer_function    complex, |H| = 1
     E_0, E_z    field                complex amplitude, sqrt(intensity units)
     phi         phase                rad
@@ -46,44 +46,19 @@ import math
 import tensorflow as tf
 
 from cvdm_tf.errors import InputError
+from cvdm_tf.physics.grids import check_positive, fft_frequencies, float64
 
 __all__ = ["transfer_function", "propagate", "two_shot_intensities"]
 
 _TWO_PI = 2.0 * math.pi
 
 
-def _check_positive(value, name):
-    """Reject non-positive python numbers early; tensors are trusted (they may be symbolic)."""
-    if isinstance(value, (int, float)) and not value > 0:
-        raise InputError(f"{name} must be > 0, got {value}")
-
-
-def _float64(value):
-    """A python number or tensor as a float64 tensor, without a float32 detour.
-
-    tf.cast(0.521, tf.float64) would first make a float32 constant (0.52100003): a 5e-8 relative error in lam
-    that becomes a visible phase error in the carrier 2 pi z / lam.
-    """
-    if isinstance(value, (int, float)):
-        return tf.constant(value, tf.float64)
-    return tf.cast(value, tf.float64)
-
-
-def _frequencies(n, pixel_size_um):
-    """numpy.fft.fftfreq(n, d=pixel_size_um) for a possibly symbolic n, in float64 (cycles / um)."""
-    n = tf.convert_to_tensor(n, tf.int32)
-    index = tf.range(n)
-    # fftfreq order: 0, 1, ..., ceil(n/2) - 1, then -floor(n/2), ..., -1.
-    index = tf.where(index < (n + 1) // 2, index, index - n)
-    return tf.cast(index, tf.float64) / (tf.cast(n, tf.float64) * _float64(pixel_size_um))
-
-
 def _transfer_function(height, width, distance_um, wavelength_um, pixel_size_um, dtype):
     """Eq. (6.1) on an H x W grid, as `dtype` (complex64 or complex128)."""
-    z = _float64(distance_um)
-    lam = _float64(wavelength_um)
-    fx = _frequencies(width, pixel_size_um)[tf.newaxis, :]
-    fy = _frequencies(height, pixel_size_um)[:, tf.newaxis]
+    z = float64(distance_um)
+    lam = float64(wavelength_um)
+    fx = fft_frequencies(width, pixel_size_um)[tf.newaxis, :]
+    fy = fft_frequencies(height, pixel_size_um)[:, tf.newaxis]
     # Both terms reduced mod 2 pi in float64 first: the carrier alone is 2 pi z / lam ~ 1e3 rad.
     carrier = tf.math.floormod(_TWO_PI * z / lam, _TWO_PI)
     chirp = tf.math.floormod(math.pi * lam * z * (fx * fx + fy * fy), _TWO_PI)
@@ -111,8 +86,8 @@ def transfer_function(height, width, distance_um, wavelength_um, pixel_size_um):
     Returns:
       complex64 tensor [H, W], ready to multiply `tf.signal.fft2d(field)` with.
     """
-    _check_positive(wavelength_um, "wavelength_um")
-    _check_positive(pixel_size_um, "pixel_size_um")
+    check_positive(wavelength_um, "wavelength_um")
+    check_positive(pixel_size_um, "pixel_size_um")
     return _transfer_function(height, width, distance_um, wavelength_um, pixel_size_um, tf.complex64)
 
 
@@ -172,12 +147,24 @@ def propagate(field, distance_um, wavelength_um=0.521, pixel_size_um=0.21, pad=0
     Returns:
       complex64 tensor [..., H, W] (complex128 for complex128 / float64 input): E_z.
     """
-    _check_positive(wavelength_um, "wavelength_um")
-    _check_positive(pixel_size_um, "pixel_size_um")
+    check_positive(wavelength_um, "wavelength_um")
+    check_positive(pixel_size_um, "pixel_size_um")
     if int(pad) < 0:
         raise InputError(f"pad must be >= 0 pixels, got {pad}")
     (propagated,) = _propagate_many(field, [distance_um], wavelength_um, pixel_size_um, int(pad))
     return propagated
+
+
+def transmittance(phase, amplitude=None):
+    """The thin object's complex transmittance amplitude * exp(i phase): complex64 (complex128 for a float64
+    phase), the shape of `phase`; amplitude None means 1 (a pure phase object)."""
+    phase = tf.convert_to_tensor(phase)
+    real_dtype = tf.float64 if phase.dtype == tf.float64 else tf.float32
+    phase = tf.cast(phase, real_dtype)
+    field = tf.complex(tf.cos(phase), tf.sin(phase))
+    if amplitude is not None:
+        field = field * tf.cast(tf.convert_to_tensor(amplitude), field.dtype)
+    return field
 
 
 def two_shot_intensities(phase, defocus_um=1.0, wavelength_um=0.521, pixel_size_um=0.21, amplitude=None, pad=0):
@@ -200,17 +187,12 @@ def two_shot_intensities(phase, defocus_um=1.0, wavelength_um=0.521, pixel_size_
       float32 tensor [..., H, W, 2] (float64 for a float64 phase): channel 0 is I(-dz), channel 1 is I(+dz).
       For a unit-amplitude object the mean intensity is 1 (periodic propagation conserves energy).
     """
-    _check_positive(wavelength_um, "wavelength_um")
-    _check_positive(pixel_size_um, "pixel_size_um")
+    check_positive(wavelength_um, "wavelength_um")
+    check_positive(pixel_size_um, "pixel_size_um")
     if int(pad) < 0:
         raise InputError(f"pad must be >= 0 pixels, got {pad}")
-    phase = tf.convert_to_tensor(phase)
-    real_dtype = tf.float64 if phase.dtype == tf.float64 else tf.float32
-    phase = tf.cast(phase, real_dtype)
-    field = tf.complex(tf.cos(phase), tf.sin(phase))
-    if amplitude is not None:
-        field = field * tf.cast(tf.convert_to_tensor(amplitude), field.dtype)
-    defocus = _float64(defocus_um)
+    field = transmittance(phase, amplitude)
+    defocus = float64(defocus_um)
     before, after = _propagate_many(field, [-defocus, defocus], wavelength_um, pixel_size_um, int(pad))
     intensities = [tf.math.real(e) ** 2 + tf.math.imag(e) ** 2 for e in (before, after)]
     return tf.stack(intensities, axis=-1)

@@ -54,6 +54,7 @@ from skimage.restoration import richardson_lucy
 from skimage.transform import resize
 
 from cvdm_tf.errors import InputError
+from cvdm_tf.physics.grids import check_positive, fft_frequencies, float64
 
 __all__ = [
     "pupil",
@@ -72,42 +73,21 @@ __all__ = [
 _AIRY_FIRST_ZERO = 0.6098
 
 
-def _check_positive(value, name):
-    """Reject non-positive python numbers early; tensors are trusted (they may be symbolic)."""
-    if isinstance(value, (int, float)) and not value > 0:
-        raise InputError(f"{name} must be > 0, got {value}")
-
-
 def _check_optics(pixel_size_um, na, wavelength_um):
-    _check_positive(pixel_size_um, "pixel_size_um")
-    _check_positive(na, "na")
-    _check_positive(wavelength_um, "wavelength_um")
-
-
-def _float64(value):
-    """A python number or tensor as float64, without a float32 detour (tf.cast(0.0313, float64) would round)."""
-    if isinstance(value, (int, float)):
-        return tf.constant(value, tf.float64)
-    return tf.cast(value, tf.float64)
-
-
-def _frequencies(n, pixel_size_um):
-    """numpy.fft.fftfreq(n, d=pixel_size_um) for a possibly symbolic n, in float64 (cycles / um)."""
-    n = tf.convert_to_tensor(n, tf.int32)
-    index = tf.range(n)
-    index = tf.where(index < (n + 1) // 2, index, index - n)
-    return tf.cast(index, tf.float64) / (tf.cast(n, tf.float64) * _float64(pixel_size_um))
+    check_positive(pixel_size_um, "pixel_size_um")
+    check_positive(na, "na")
+    check_positive(wavelength_um, "wavelength_um")
 
 
 def _radial_frequency(height, width, pixel_size_um):
     """|f| = sqrt(fx^2 + fy^2) on the H x W FFT grid, float64 [H, W] in cycles / um."""
-    fy = _frequencies(height, pixel_size_um)[:, tf.newaxis]
-    fx = _frequencies(width, pixel_size_um)[tf.newaxis, :]
+    fy = fft_frequencies(height, pixel_size_um)[:, tf.newaxis]
+    fx = fft_frequencies(width, pixel_size_um)[tf.newaxis, :]
     return tf.sqrt(fx * fx + fy * fy)
 
 
 def _pupil64(height, width, pixel_size_um, na, wavelength_um):
-    radius = _float64(na) / _float64(wavelength_um)
+    radius = float64(na) / float64(wavelength_um)
     return tf.cast(_radial_frequency(height, width, pixel_size_um) <= radius, tf.float64)
 
 
@@ -292,7 +272,7 @@ def poisson_gaussian(image, photons, read_noise, seed):
     Returns:
       float32 tensor [..., H, W]: noisy photon counts (may be slightly negative through read noise).
     """
-    _check_positive(photons, "photons")
+    check_positive(photons, "photons")
     if isinstance(read_noise, (int, float)) and read_noise < 0:
         raise InputError(f"read_noise must be >= 0 photons, got {read_noise}")
     image = tf.cast(tf.convert_to_tensor(image), tf.float32)

@@ -38,7 +38,7 @@ import tensorflow as tf
 from numpy.polynomial import legendre
 
 from cvdm_tf.errors import InputError
-from cvdm_tf.physics.fresnel import propagate
+from cvdm_tf.physics.fresnel import propagate, transmittance
 from cvdm_tf.physics.tie import tie_us_from_derivative
 
 __all__ = [
@@ -73,12 +73,7 @@ def simulate_stack(phase, amplitude, z_um, wavelength_um=0.521, pixel_size_um=0.
     Returns:
       np.ndarray [Z, H, W], float32 (float64 for a float64 phase): I(z).
     """
-    phase = tf.convert_to_tensor(phase)
-    real_dtype = tf.float64 if phase.dtype == tf.float64 else tf.float32
-    phase = tf.cast(phase, real_dtype)
-    field = tf.complex(tf.cos(phase), tf.sin(phase))
-    if amplitude is not None:
-        field = field * tf.cast(tf.convert_to_tensor(amplitude), field.dtype)
+    field = transmittance(phase, amplitude)
     planes = []
     for z in np.asarray(z_um, dtype=np.float64).ravel():
         propagated = propagate(field, float(z), wavelength_um, pixel_size_um, pad=pad)

@@ -101,17 +101,11 @@ import numpy as np
 import tensorflow as tf
 
 from cvdm_tf.errors import InputError
+from cvdm_tf.physics.grids import float64
 
 __all__ = ["tie_fft", "tie_dct", "tie_us", "tie_us_from_derivative", "tune_regularization"]
 
 _TWO_PI = 2.0 * math.pi
-
-
-def _float64(value):
-    """A python number or tensor as float64, without rounding python floats through float32 first."""
-    if isinstance(value, (int, float)):
-        return tf.constant(value, tf.float64)
-    return tf.cast(value, tf.float64)
 
 
 def _poisson_source(intensities, defocus_um, wavelength_um, pixel_size_um):
@@ -123,12 +117,12 @@ def _poisson_source(intensities, defocus_um, wavelength_um, pixel_size_um):
     dtype = tf.float64 if intensities.dtype == tf.float64 else tf.float32
     intensities = tf.cast(intensities, dtype)
     before, after = intensities[..., 0], intensities[..., 1]
-    d_intensity_dz = (after - before) / tf.cast(2.0 * _float64(defocus_um), dtype)  # (6.5)
+    d_intensity_dz = (after - before) / tf.cast(2.0 * float64(defocus_um), dtype)  # (6.5)
     in_focus = 0.5 * (before + after)
     mean_in_focus = tf.reduce_mean(in_focus, axis=[-2, -1], keepdims=True)
-    wavenumber = _TWO_PI / _float64(wavelength_um)
+    wavenumber = _TWO_PI / float64(wavelength_um)
     # dx^2 makes the source per pixel^2, so the solver works with kappa in rad / pixel, eq. (6.7).
-    scale = tf.cast(wavenumber * _float64(pixel_size_um) ** 2, dtype)
+    scale = tf.cast(wavenumber * float64(pixel_size_um) ** 2, dtype)
     return scale * d_intensity_dz / mean_in_focus, dtype
 
 
@@ -391,14 +385,14 @@ def tie_us_from_derivative(
     # 1. Dimensionless intensity and source, as in `_poisson_source`.
     mean_in_focus = tf.reduce_mean(in_focus, axis=[-2, -1], keepdims=True)
     intensity = tf.maximum(in_focus / mean_in_focus, tf.constant(min_intensity, tf.float64))
-    scale = _TWO_PI / _float64(wavelength_um) * _float64(pixel_size_um) ** 2
+    scale = _TWO_PI / float64(wavelength_um) * float64(pixel_size_um) ** 2
     source = scale * d_intensity_dz / mean_in_focus
     shape = tf.shape(source)
     height, width = shape[-2], shape[-1]
     ops = _MirrorSpectrum(height, width)
 
     # 2. Tikhonov filter: kappa^2 * kappa^2 / (kappa^4 + reg).
-    low_pass = ops.kappa_squared * _inverse_laplacian_gain(ops.kappa_squared, _float64(regularization))
+    low_pass = ops.kappa_squared * _inverse_laplacian_gain(ops.kappa_squared, float64(regularization))
     source = ops.inverse(ops.forward(_mirror(source)) * tf.cast(low_pass, tf.complex128))
 
     # 3.-4. Teague, then conjugate gradients.
@@ -439,7 +433,7 @@ def tie_us(
     dtype = tf.float64 if intensities.dtype == tf.float64 else tf.float32
     intensities = tf.cast(intensities, tf.float64)
     before, after = intensities[..., 0], intensities[..., 1]
-    d_intensity_dz = (after - before) / (2.0 * _float64(defocus_um))
+    d_intensity_dz = (after - before) / (2.0 * float64(defocus_um))
     in_focus = 0.5 * (before + after) if in_focus is None else tf.cast(in_focus, tf.float64)
     phase = tie_us_from_derivative(
         in_focus, d_intensity_dz, wavelength_um, pixel_size_um, regularization, iterations=iterations

@@ -174,27 +174,23 @@ class BioSRTask(Task):
 
     # --- training pairs ---
     def pair(self, crop, seed):
-        """(y, x) from {"widefield": [S/2, S/2, 1], "target": [S, S, 1]}; a noise-free simulated widefield
-        (`clean` banks) gets its noise here, at a photon level drawn per crop."""
+        """(y, x) from {"widefield": [S/2, S/2, 1], "target": [S, S, 1]}; a simulated (noise-free) widefield gets
+        its noise here, at a photon level drawn per crop."""
         wide = crop["widefield"]
-        if self._clean_widefield:
+        if not self.data.source:  # simulated cells are stored noise-free: a new noise draw for every crop
             photons = self._photons(tf.random.experimental.stateless_fold_in(seed, 0))
             wide = self.add_noise(wide[..., 0], photons, tf.random.experimental.stateless_fold_in(seed, 1))[..., None]
         target, _, _ = self._normalize(crop["target"])
         return self.condition(wide), target
 
-    _clean_widefield = True
-
     def training_banks(self, validation_fraction, seed, min_size, warn=None):
         d = self.data
         if not d.source:
-            self._clean_widefield = True
             cells = simulated_cells(self, d.cells, d.cell_size, seed)
             train, val = sources.split_by_image(cells, validation_fraction, seed)
             bank = lambda items: InMemoryBank([example for _, example in items], self.crop_divisors)  # noqa: E731
             return (bank(train), bank(val) if val else None,
                     f"{len(train)} training + {len(val)} validation simulated cells ({d.cell_size} px)")
-        self._clean_widefield = False
         source = Path(d.source)
         if source.is_file() and source.suffix.lower() == ".npz":
             pairs = biosr_files.read_npz_pairs(source, scale=self.scale)
