@@ -63,3 +63,17 @@ def test_noise_models_are_seeded_and_shaped(noise):
 def test_unknown_task_is_an_input_error():
     with pytest.raises(InputError, match="unknown task"):
         make_task("sr")
+
+
+def test_absorbing_objects_darken_where_the_phase_is_large_and_zero_absorption_is_a_pure_phase_object(rng):
+    phase = tf.constant(rng.uniform(0, 3.5, (32, 32)).astype(np.float32))
+    pure = QPITask(DataConfig()).measure(phase)
+    np.testing.assert_array_equal(QPITask(DataConfig(absorption=0.0)).measure(phase), pure)
+    absorbing = QPITask(DataConfig(absorption=0.4))
+    amplitude = absorbing.amplitude(phase).numpy()
+    assert amplitude.min() >= 0.6 - 1e-6 and amplitude.max() <= 1.0
+    np.testing.assert_allclose(amplitude, 1 - 0.4 * phase.numpy() / 3.5, atol=1e-6)
+    # Energy: the mean intensity is the mean of |t|^2 (propagation conserves it), below 1.
+    np.testing.assert_allclose(absorbing.measure(phase).numpy().mean(), np.mean(amplitude**2), rtol=1e-4)
+    with pytest.raises(InputError, match="absorption"):
+        DataConfig(absorption=1.0)

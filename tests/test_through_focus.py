@@ -339,3 +339,25 @@ def test_reference_phase_command_writes_phase_and_residual(tmp_path):
     result = CliRunner().invoke(main, ["reference-phase", "--input", str(path), "--out", str(tmp_path / "x"),
                                        "--z-step", "0"])
     assert result.exit_code == 2 and "z" in result.output and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_infer_takes_a_z_stack_and_says_which_planes_it_used(tiny_run, tmp_path):
+    import tifffile
+    from click.testing import CliRunner
+
+    from cvdm_tf import io
+    from cvdm_tf.cli.main import main
+
+    path, _, focus = _absorbing_stack(tmp_path, size=32)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["infer", "--model", str(tiny_run), "--input", str(path), "--out", str(out),
+                                       "--task", "qpi", "--focus-plane", str(focus), "--samples", "2",
+                                       "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "pair = planes 6 and 14" in result.output
+    assert tifffile.imread(out / "stack_mean.tif").shape == (32, 32)
+    assert io.tiff_pixel_size_um(out / "stack_mean.tif") == pytest.approx(0.21)
+    result = CliRunner().invoke(main, ["infer", "--model", str(tiny_run), "--input", str(path), "--out",
+                                       str(tmp_path / "o2"), "--z-step", "0"])
+    assert result.exit_code == 2 and "z step must be > 0" in result.output

@@ -26,6 +26,8 @@ TASK_OPTIONS = {
         Option("--wavelength", "wavelength_um", float, "Wavelength in micrometres."),
         Option("--pixel-size", "pixel_size_um", float, "Pixel size in micrometres."),
         Option("--phase-max", "phase_max", float, "Phase of an integer image's maximum (radians)."),
+        Option("--absorption", "absorption", float, "Absorbing objects: amplitude 1 - absorption * phase / "
+               "phase_max (default 0: pure phase).", commands=("simulate",)),
         Option("--tie-regularization", "regularization", float, "TIE's Tikhonov weight (default: tuned on the "
                "evaluated images, the best TIE can do).", commands=("eval",), baseline="tie"),
         Option("--z-step", "z_step_um", float, "A through-focus z-stack: its plane spacing in micrometres "

@@ -55,6 +55,8 @@ class DataConfig:
     # "image": scale phase over the whole source image, then crop (keeps the physical phase gradients of the
     # full image); "crop": scale every crop to [0, phase_max] (the reference's choice).
     phase_scaling: str = "image"
+    # Absorbing objects: amplitude 1 - absorption * phi / phase_max (0 = a pure phase object, the paper's).
+    absorption: float = 0.0
     noise: str = "paper"
     noise_max: float = 0.2  # paper noise: lam_n ~ U(0, noise_max) per pair
     photons_per_pixel: float = 1000.0  # poisson noise
@@ -76,6 +78,8 @@ class DataConfig:
                 raise InputError(f"data.{name}: must be > 0, got {getattr(self, name)}")
         for name in ("noise_max", "read_noise", "tie_regularization"):
             check_non_negative(f"data.{name}", getattr(self, name))
+        if not 0 <= self.absorption < 1:
+            raise InputError(f"data.absorption: must be in [0, 1), got {self.absorption}")
 
 
 class QPITask(Task):
@@ -117,9 +121,21 @@ class QPITask(Task):
 
     # --- physics ---
     def measure(self, phase):
-        """phase [..., H, W] (radians) -> noise-free raw intensities [..., H, W, 2] = (I(-dz), I(+dz))."""
+        """phase [..., H, W] (radians) -> noise-free raw intensities [..., H, W, 2] = (I(-dz), I(+dz)) of the thin
+        object amplitude(phi) * exp(i phi)."""
         d = self.data
-        return two_shot_intensities(phase, d.defocus_um, d.wavelength_um, d.pixel_size_um)
+        return two_shot_intensities(phase, d.defocus_um, d.wavelength_um, d.pixel_size_um,
+                                    amplitude=self.amplitude(phase))
+
+    def amplitude(self, phase):
+        """The transmitted amplitude of an absorbing object, or None for a pure phase object (absorption = 0):
+        1 - absorption * phi / phase_max, clipped to [1 - absorption, 1]: what delays the light (thick, dense,
+        stained parts of a cell) also absorbs it."""
+        d = self.data
+        if not d.absorption:
+            return None
+        phase = tf.convert_to_tensor(phase)
+        return tf.clip_by_value(1.0 - d.absorption * phase / d.phase_max, 1.0 - d.absorption, 1.0)
 
     def add_noise(self, intensities, seed, noise=None):
         """Noise model `noise` (default: the config's) on raw intensities [H, W, 2]; `seed` is a stateless seed [2]."""
