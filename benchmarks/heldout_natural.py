@@ -20,7 +20,7 @@ from cvdm_tf.data import sources  # noqa: E402
 from cvdm_tf.tasks.qpi import load_ground_truth  # noqa: E402
 from cvdm_tf.metrics import mae, offset_free  # noqa: E402
 from cvdm_tf.runs import load_run  # noqa: E402
-from cvdm_tf.sampler import Sampler  # noqa: E402
+from cvdm_tf.sampler import sampler_for  # noqa: E402
 
 
 def main(run, size=64, method="ddpm"):
@@ -38,7 +38,7 @@ def main(run, size=64, method="ddpm"):
     measured = tf.stack([task.add_noise(task.measure(tf.constant(p)), tf.constant([7, i], tf.int64))
                          for i, p in enumerate(truths)])
     y = task.normalize_condition(measured)
-    out = Sampler(model)(y, steps=config.sampler.steps, samples=4, seed=0, method=method)
+    out = sampler_for(model, config.sampler)(y, steps=config.sampler.steps, samples=4, seed=0, method=method)
     estimate = task.denormalize_target(out["mean"]).numpy()[..., 0]
 
     def score(values):

@@ -29,7 +29,7 @@ import tensorflow as tf  # noqa: E402
 from cvdm_tf.config import default_config  # noqa: E402
 from cvdm_tf.model import build_model, make_optimizer  # noqa: E402
 from cvdm_tf.runs import resolve_config  # noqa: E402
-from cvdm_tf.sampler import Sampler  # noqa: E402
+from cvdm_tf.sampler import sampler_for  # noqa: E402
 
 
 def timed(function, repeats, warm_up=None):
@@ -70,7 +70,7 @@ def main(argv=None):
     t = timed(train, args.repeats)
     rows.append(("train step, 64x64, batch 8", "ms/step", {k: 1000 * v / args.train_steps for k, v in t.items()}))
 
-    sampler = Sampler(model)
+    sampler = sampler_for(model, config.sampler)
     for size in (int(s) for s in args.sizes.split(",")):
         condition = tf.constant(rng.normal(size=(1, size, size, channels)), tf.float32)
         for samples in (1, 8):
