@@ -161,7 +161,7 @@ def test_train_infer_eval_on_a_biosr_tree(biosr_run, biosr_tree, tmp_path):
     for method in ("cvdm", "bicubic", "richardson-lucy"):
         values = report["mean"][method]
         assert 0 <= values["mae"] <= 1 and 0 < values["ms_ssim"] <= 1 and values["psnr"] > 0
-        assert values["resolution_nm"] > 2 * 31.3
+        assert values["resolution_nm"] >= 2 * 31.3 - 1e-6  # never finer than Nyquist (2 SIM pixels)
     assert report["rl_iterations"] == 5
     assert "| richardson-lucy |" in result.stdout
 

@@ -131,10 +131,10 @@ def test_seeded_export_matches_the_in_process_sampler(library_export, tiny_run):
     import tensorflow as tf
 
     from cvdm_tf.runs import load_run
-    from cvdm_tf.sampler import Sampler
+    from cvdm_tf.sampler import sampler_for
 
     config, task, model = load_run(tiny_run)
-    sampler = Sampler(model)
+    sampler = sampler_for(model, config.sampler)  # the run's discretisation and grid, as the export has them
     loaded = tf.saved_model.load(str(library_export))
     condition = _condition(*SHAPES[-1])
     y = task.normalize_condition(tf.constant(condition))

@@ -18,19 +18,16 @@ import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cvdm_tf.data import sources
-from cvdm_tf.data.sources import (
+from cvdm_tf.data import readers
+from cvdm_tf.data.readers import (
     IMAGE_SUFFIXES,
-    embedded_images,
-    iter_source_images,
-    list_images,
     read_image,
     read_image_with_dtype,
     read_stack,
-    split_by_image,
     to_grayscale,
     to_unit_range,
 )
+from cvdm_tf.data.sources import embedded_images, iter_source_images, list_images, split_by_image
 from cvdm_tf.errors import InputError
 
 # === Helpers ===
@@ -366,7 +363,7 @@ def test_directory_missing_and_unknown_suffix(tmp_path):
 
 def test_absurd_size_is_refused_before_allocating(tmp_path, rng):
     tifffile.imwrite(tmp_path / "a.tif", rng.random((64, 64)).astype(np.float32))
-    with mock.patch.object(sources, "_max_decoded_bytes", return_value=1000):
+    with mock.patch.object(readers, "_max_decoded_bytes", return_value=1000):
         _expect_input_error(tmp_path / "a.tif", "too large")
 
 
@@ -436,7 +433,7 @@ def test_fuzz_read_image_returns_image_or_input_error(data, suffix):
     path = Path(_FUZZ_DIR.name) / f"fuzz{suffix}"
     path.write_bytes(data)
     # A small size cap keeps a forged header from making the test allocate gigabytes.
-    with mock.patch.object(sources, "_max_decoded_bytes", return_value=64 << 20):
+    with mock.patch.object(readers, "_max_decoded_bytes", return_value=64 << 20):
         try:
             image = read_image(path)
         except InputError as error:
