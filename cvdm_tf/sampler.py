@@ -294,6 +294,34 @@ def schedule_agreement(model, y, steps: int = 200, discretisation: str = "exact"
     return worst
 
 
+def schedule_diagnostics(model, y, steps: int) -> dict:
+    """What the learned schedule does on conditions y, logged during training (metrics.csv, TensorBoard):
+
+        schedule_spread   std / mean over the pixels of the magnitude tau(y) rho(1), averaged over the batch:
+                          0 for a global schedule; how much the schedule really varies per pixel
+        gamma_1_max       max gamma(1, y): the forward process should end in (almost) pure noise
+        gbar_gap          max |gamma(t_i, y) - gbar_i| of the paper's eq. 10 discretisation at T = `steps`:
+                          how well L_beta has tied beta to gamma (`schedule_agreement`)
+    """
+    schedule = model.schedule
+    y = tf.convert_to_tensor(y, tf.float32)
+    tau = schedule.tau(y)
+    magnitude = schedule.magnitude(tau)
+    axes = [1, 2, 3]
+    spread = tf.math.reduce_std(magnitude, axis=axes) / tf.maximum(tf.reduce_mean(magnitude, axis=axes), 1e-12)
+    gamma_1 = schedule.gamma(tf.ones([tf.shape(y)[0], 1]), tau)
+    # gbar_i of eq. 10 on t_i = i / T for all i at once: a cumulative sum of log alpha over the T copies of tau
+    # (`schedule_agreement` walks the same grid step by step, as the sampler does; one tensor op is cheaper here).
+    batch = tf.shape(tau)[0]
+    t = tf.repeat(tf.range(1, steps + 1, dtype=tf.float32) / steps, batch)[:, None]
+    taus = tf.tile(tau, [steps, 1, 1, 1])
+    log_alpha = tf.math.log(tf.clip_by_value(1.0 - schedule.beta(t, taus) / steps, ALPHA_MIN, ALPHA_MAX))
+    log_gbar = tf.cumsum(tf.reshape(log_alpha, tf.concat([[steps, batch], tf.shape(log_alpha)[1:]], 0)), axis=0)
+    gamma = tf.reshape(schedule.gamma(t, taus), tf.shape(log_gbar))
+    return {"schedule_spread": float(tf.reduce_mean(spread)), "gamma_1_max": float(tf.reduce_max(gamma_1)),
+            "gbar_gap": float(tf.reduce_max(tf.abs(gamma - tf.exp(log_gbar))))}
+
+
 def sampler_for(model, sampler_config=None):
     """The sampler of a trained model: a `Sampler` with the run's discretisation and time grid, or, for the
     regression baseline, its `Predictor` (same contract, one answer)."""

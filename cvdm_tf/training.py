@@ -29,7 +29,7 @@ from cvdm_tf.previews import write_preview
 from cvdm_tf.progress import Progress
 from cvdm_tf.runs import (RESUMABLE, MetricsLog, build_for_checkpoint, discard_after, latest_checkpoint, resolve_config,
                           run_config)
-from cvdm_tf.sampler import sampler_for
+from cvdm_tf.sampler import sampler_for, schedule_diagnostics
 from cvdm_tf.tasks import make_task
 
 
@@ -172,6 +172,8 @@ def _loop(run: SimpleNamespace, files: SimpleNamespace, out_dir: Path, progress)
                             val = test_fn(batch)
                         values.update({f"val_{k}": float(v) for k, v in val.items()})
                         _reset(model)
+                    if not getattr(model, "is_regression", False):  # two conditions: cheap, and enough to see
+                        values.update(schedule_diagnostics(model, run.preview_batch[0][:2], config.sampler.steps))
                     _check_finite(values, step, saved)
                     files.log.append(step, values)
                     with writer.as_default(step=step):

@@ -133,6 +133,8 @@ def test_train_infer_eval_on_a_biosr_tree(biosr_run, biosr_tree, tmp_path):
     from cvdm_tf.config import load_config
 
     assert load_config(biosr_run / "config.toml").task == "biosr"
+    header = (biosr_run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"schedule_spread", "gamma_1_max", "gbar_gap"} <= set(header)
     # infer: a raw SIM stack (MRC) is summed; a 2-D widefield TIFF is taken as it is.
     cell = biosr_tree / "Microtubules" / "Cell_001"
     wide = mrcfile.read(cell / "RawSIMData_level_01.mrc").astype(np.float32).sum(axis=0)

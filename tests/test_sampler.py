@@ -262,3 +262,26 @@ def test_point_mass_target_is_recovered_exactly():
     sampler = Sampler(ExactGaussianModel(0.5, 1e-3), clip=0.0)
     out = sampler(tf.zeros([2, 8, 8, 1]), steps=50, samples=2, seed=1)
     np.testing.assert_allclose(out["mean"].numpy(), 0.5, atol=0.02)
+
+
+def test_schedule_diagnostics_tell_a_pixelwise_schedule_from_a_global_one(rng):
+    from cvdm_tf.model import CVDM
+    from cvdm_tf.sampler import schedule_diagnostics
+
+    y = tf.constant(rng.normal(size=(2, 16, 16, 2)), tf.float32)
+    for kind in ("learned-global", "learned"):
+        model = CVDM(ModelConfig(condition_channels=2, schedule=kind, base_filters=4, depth=2, tau_base_filters=4,
+                                 tau_depth=1, time_units=4))
+        if kind == "learned":  # the tau U-Net starts constant (zero output kernel): give it a spatial response
+            for variable in model.schedule.tau_net.trainable_variables:
+                variable.assign(variable + 0.3 * rng.normal(size=variable.shape).astype(np.float32))
+        diagnostics = schedule_diagnostics(model, y, steps=20)
+        if kind == "learned-global":
+            assert diagnostics["schedule_spread"] == pytest.approx(0.0, abs=1e-6)
+        else:
+            assert diagnostics["schedule_spread"] > 0.01
+        assert 0 < diagnostics["gamma_1_max"] < 1
+        # The cumulative-sum form agrees with the step-by-step walk of the sampler (float32 round-off apart).
+        assert diagnostics["gbar_gap"] == pytest.approx(schedule_agreement(model, y, 20, discretisation="paper"),
+                                                        rel=1e-5)
+        assert diagnostics["gbar_gap"] > 0
