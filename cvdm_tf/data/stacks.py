@@ -81,15 +81,35 @@ def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
                 raise InputError(f"{name}: the TIFF holds no image data")
             series = tif.series[0]
             axes, array = series.axes, series.asarray()
-            z_step_um = _ome_z_step(tif.ome_metadata, name) if tif.is_ome else None
-            if z_step_um is None and tif.is_imagej:
-                z_step_um = _imagej_z_step(tif.imagej_metadata or {}, name)
+            z_step_um = _z_step(tif, name)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of the decoder means the file is not a readable TIFF
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise InputError(f"{name}: not a readable TIFF stack ({reason})") from exc
     return _as_stack(array, axes, name), z_step_um
+
+
+def z_step(path: str | os.PathLike) -> float | None:
+    """The z step (um) a TIFF's OME or ImageJ metadata states, or None (also for a file that is not a TIFF);
+    from the header alone, no pixel is read."""
+    import tifffile
+
+    name = os.fspath(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return _z_step(tif, name)
+    except InputError:
+        raise
+    except Exception:  # noqa: BLE001 - not a TIFF: no z metadata; the image readers report what is wrong
+        return None
+
+
+def _z_step(tif, name: str) -> float | None:
+    step = _ome_z_step(tif.ome_metadata, name) if tif.is_ome else None
+    if step is None and tif.is_imagej:
+        step = _imagej_z_step(tif.imagej_metadata or {}, name)
+    return step
 
 
 def _as_stack(array: np.ndarray, axes: str, name: str) -> np.ndarray:

@@ -225,19 +225,21 @@ class QPITask(Task):
 
         from cvdm_tf.data import stacks
 
-        if z_step_um is None and Path(path).suffix.lower() not in (".tif", ".tiff"):
+        # A z-stack: --z-step given, or z spacing in the TIFF's metadata (read from the header first, so a plain
+        # image is read once, by its reader).
+        stored = stacks.z_step(path) if Path(path).suffix.lower() in (".tif", ".tiff") else None
+        if z_step_um is None and stored is None:
             return None
         if z_step_um is None:
             try:
-                planes, z_step_um = stacks.read_stack(path)
+                planes, _ = stacks.read_stack(path)
             except InputError:
-                return None  # not a z-stack: read as images
-            if z_step_um is None:
-                return None
+                return None  # z metadata, but not a Z x H x W stack (e.g. an ImageJ pair): read it as images
+            z_step_um = stored
         else:
-            planes, stored = stacks.read_stack(path)
-            if stored is not None and not np.isclose(stored, z_step_um, rtol=1e-3) and message:
-                message(f"{path}: --z-step {z_step_um} um overrides the file's z spacing {stored} um")
+            planes, _ = stacks.read_stack(path)
+        if stored is not None and not np.isclose(stored, z_step_um, rtol=1e-3) and message:
+            message(f"{path}: --z-step {z_step_um} um overrides the file's z spacing {stored} um")
         if not (np.isfinite(z_step_um) and z_step_um > 0):
             raise InputError(f"{path}: z step must be > 0 um, got {z_step_um}")
         z = np.arange(len(planes)) * z_step_um
