@@ -40,6 +40,9 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
     from cvdm_tf.inference import reconstruct
     from cvdm_tf.sampler import sampler_for
 
+    for label, (other, _) in (compare or {}).items():
+        if other.task != config.task:
+            raise InputError(f"--compare {label}: a run of task {other.task!r}, not {config.task!r}")
     available = task.baselines()
     baselines = list(available) if baselines is None else list(baselines)
     for name in baselines:
@@ -57,9 +60,6 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
     for baseline in methods.values():
         tuned.update(baseline.tune(cases))
 
-    for label, (other, _) in (compare or {}).items():
-        if other.task != config.task:
-            raise InputError(f"--compare {label}: a run of task {other.task!r}, not {config.task!r}")
     steps = steps or config.sampler.steps
     method = method or config.sampler.method
     images = []
