@@ -1,13 +1,18 @@
 """Speed of training and sampling with the default QPI config; prints a table and writes JSON.
 
     python benchmarks/speed.py [--repeats 3] [--steps 200] [--json benchmarks/speed.json]
+    python benchmarks/speed.py --config configs/qpi-reference.toml   # another config (e.g. the reference's size)
+    python benchmarks/speed.py --xla                                # also with XLA (jit_compile) and without
 
 Measures (minimum and median of --repeats runs, wall and CPU seconds, since a shared machine is noisy):
 - ms per training step (64 x 64, batch 8, default config);
 - seconds per sampled image at 64 x 64 and 256 x 256, T steps, K = 1 and K = 8 samples per condition;
 - one denoiser forward pass on the same batch, so the sampler's cost can be compared to T x forward
   (the sampler's overhead beyond the denoiser is the time networks and the update arithmetic per step);
-- peak resident memory of the process.
+- peak resident memory of the process;
+- with --xla: the training step and the sampler compiled with XLA (tf.function(jit_compile=True)) next to the
+  plain graphs, on the same inputs.
+The parameter counts of the networks are printed first.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cvdm_tf.config import default_config  # noqa: E402
+from cvdm_tf.config import default_config, load_config  # noqa: E402
 from cvdm_tf.model import build_model, make_optimizer  # noqa: E402
 from cvdm_tf.runs import resolve_config  # noqa: E402
 from cvdm_tf.sampler import sampler_for  # noqa: E402
@@ -50,11 +55,17 @@ def main(argv=None):
     parser.add_argument("--train-steps", type=int, default=20, help="training steps per timed run")
     parser.add_argument("--sizes", default="64,256")
     parser.add_argument("--json")
+    parser.add_argument("--config", help="TOML config (default: configs/qpi.toml)")
+    parser.add_argument("--xla", action="store_true", help="also time the XLA-compiled train step and sampler")
     args = parser.parse_args(argv)
 
-    config = resolve_config(default_config("qpi"))
+    config = resolve_config(load_config(args.config) if args.config else default_config("qpi"))
     model = build_model(config)
     model.compile(optimizer=make_optimizer(config.train))
+    for network in (model.denoiser, getattr(model.schedule, "tau_net", None), model.mean_net):
+        if network is not None:
+            print(f"{network.name}: {network.count_params() / 1e6:.2f} M parameters")
+    print(f"total: {model.count_params() / 1e6:.2f} M parameters")
     channels = config.model.condition_channels
     rng = np.random.default_rng(0)
     rows = []
@@ -69,6 +80,11 @@ def main(argv=None):
 
     t = timed(train, args.repeats)
     rows.append(("train step, 64x64, batch 8", "ms/step", {k: 1000 * v / args.train_steps for k, v in t.items()}))
+    if args.xla:
+        step = tf.function(model.train_step, jit_compile=True)
+        t = timed(train, args.repeats)
+        rows.append(("train step, 64x64, batch 8, XLA", "ms/step",
+                     {k: 1000 * v / args.train_steps for k, v in t.items()}))
 
     sampler = sampler_for(model, config.sampler)
     for size in (int(s) for s in args.sizes.split(",")):
@@ -81,6 +97,14 @@ def main(argv=None):
             s = timed(lambda: sampler(condition, steps=args.steps, samples=samples), args.repeats,
                       warm_up=lambda: sampler(condition, steps=2, samples=samples))
             rows.append((f"sample {size}x{size}, T={args.steps}, K={samples}", "s/image", s))
+            if args.xla:  # XLA compiles per shape: the same shapes as above, one compilation in the warm-up
+                xla = tf.function(sampler._sample, jit_compile=True)
+
+                def run(steps):
+                    return xla(condition, tf.constant(steps), tf.constant(samples), tf.constant(0), tf.constant(False))
+
+                s = timed(lambda: run(args.steps), args.repeats, warm_up=lambda: run(2))
+                rows.append((f"sample {size}x{size}, T={args.steps}, K={samples}, XLA", "s/image", s))
             rows.append((f"  denoiser forward x T, {size}x{size}, batch {samples}", "s/image",
                          {k: v * args.steps for k, v in f.items()}))
 

@@ -32,6 +32,8 @@ SCHEDULES = ("learned", "learned-global", "linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
 NORMS = ("none", "instance", "group")
 MEANS = ("none", "network", "condition")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+DENOISERS = ("unet", "sr3")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class ModelConfig:
     # "cvdm", or "regression": the denoiser's backbone trained with L1 (the CARE / DFCAN-like baseline).
     kind: str = "cvdm"
     schedule: str = "learned"
+    # Denoiser eps_hat(z_t, y, gamma): "unet" (networks.unet, gamma as an input channel) or "sr3" (cvdm_tf.sr3:
+    # GroupNorm residual blocks, a per-pixel noise-level embedding in every block, self-attention at the lowest
+    # resolution; group normalisation always, `norm` is not used). Also the regression / mean network backbone.
+    denoiser: str = "unet"
     # Denoiser U-Net eps_hat(z_t, y, gamma).
     base_filters: int = 16
     depth: int = 3
@@ -72,6 +78,7 @@ class ModelConfig:
     def __post_init__(self):
         check_choice("model.kind", self.kind, ("cvdm", "regression"))
         check_choice("model.schedule", self.schedule, SCHEDULES)
+        check_choice("model.denoiser", self.denoiser, DENOISERS)
         check_choice("model.norm", self.norm, NORMS)
         check_choice("model.mean", self.mean, MEANS)
         for name in ("condition_channels", "target_channels", "base_filters", "depth", "kernel_size",
@@ -113,6 +120,11 @@ class TrainConfig:
     preview_every: int = 500
     validation_fraction: float = 0.1
     validation_batches: int = 2
+    # The U-Nets' compute dtype (Keras mixed precision; the schedule and the loss stay float32): "float32",
+    # "mixed_float16" (with dynamic loss scaling) or "mixed_bfloat16".
+    precision: str = "float32"
+    # Compile the training step with XLA (tf.function(jit_compile=True)).
+    jit_compile: bool = False
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "preview_every"):
@@ -124,6 +136,7 @@ class TrainConfig:
         if not 0 <= self.validation_fraction < 1:
             raise InputError(f"train.validation_fraction: must be in [0, 1), got {self.validation_fraction}")
         check_positive("train.validation_batches", self.validation_batches)
+        check_choice("train.precision", self.precision, PRECISIONS)
         if not 0 <= self.seed < 2**31:
             raise InputError(f"train.seed: must be in [0, 2**31), got {self.seed}")
 

@@ -69,20 +69,22 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
     for i, case in enumerate(cases):
         out = reconstruct(model, task, case.measurement, samples=samples, steps=steps, method=method, seed=seed,
                           sampler=sampler)
-        mean = np.asarray(out["mean"])[..., 0]
+        mean = _image(out["mean"])
         truth = np.asarray(case.truth)
         row = {"name": case.name, "group": case.group, "shape": list(truth.shape), "cvdm": task.score(mean, truth)}
         # The error the maps should track, centred as the task scores it (QPI: each image's mean phase removed).
         centred_mean, centred_truth = task.centre(mean, truth)
-        row["cvdm"].update(metrics.uncertainty_correlations(np.asarray(out["std"])[..., 0],
-                                                            np.asarray(out["schedule"])[..., 0],
+        row["cvdm"].update(metrics.uncertainty_correlations(_image(out["std"]), _image(out["schedule"]),
                                                             centred_mean, centred_truth))
+        # Calibration: is the truth within 1 and 2 std of the mean as often as a calibrated Gaussian's would be?
+        row["cvdm"].update(metrics.calibration(task.centre_spread(_image(out["std"]), mean),
+                                               centred_mean - centred_truth, samples, seed))
         row["cvdm"]["mean_std"] = float(np.mean(out["std"]))
         row["cvdm"]["mean_abs_error"] = float(np.mean(np.abs(centred_mean - centred_truth)))
         for label, (other, other_model, other_sampler) in others.items():
             result = reconstruct(other_model, task, case.measurement, samples=samples, steps=other.sampler.steps,
                                  method=other.sampler.method, seed=seed, sampler=other_sampler)
-            row[label] = task.score(np.asarray(result["mean"])[..., 0], truth)
+            row[label] = task.score(_image(result["mean"]), truth)
         for name, baseline in methods.items():
             row[name] = task.score(baseline(case.measurement), truth)
         images.append(row)
@@ -97,6 +99,12 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
     }
 
 
+def _image(values) -> np.ndarray:
+    """An output [H, W, C] as the task scores it: [H, W] for one channel, all channels otherwise."""
+    values = np.asarray(values)
+    return values[..., 0] if values.shape[-1] == 1 else values
+
+
 def _means(rows, methods) -> dict:
     summary = {}
     with warnings.catch_warnings():  # a rank correlation is NaN for a constant map; the mean skips it
@@ -109,8 +117,10 @@ def _means(rows, methods) -> dict:
 
 def markdown_table(report: dict, columns) -> str:
     """The report's mean metrics as a markdown table; `columns` are the task's (key, header, format) triples."""
-    extra = (("std_vs_error", "rank corr. std~error", ".3f"), ("schedule_vs_error", "rank corr. schedule~error",
-                                                                 ".3f"))
+    extra = (("std_vs_error", "rank corr. std~error", ".3f"),
+             ("std_vs_error_ceiling", "(calibrated ceiling)", ".3f"),
+             ("within_1_std", "within 1 std (0.683)", ".3f"), ("within_2_std", "within 2 std (0.954)", ".3f"),
+             ("schedule_vs_error", "rank corr. schedule~error", ".3f"))
     columns = tuple(columns) + extra
     lines = ["| method | " + " | ".join(header for _, header, _ in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from cvdm_tf import losses
 from cvdm_tf.config import LossConfig, ModelConfig
-from cvdm_tf.networks import unet
+from cvdm_tf.networks import backbone
 from cvdm_tf.schedules import make_schedule
 
 LOSS_TERMS = ("diffusion", "consistency", "prior", "smoothness")
@@ -43,7 +43,8 @@ class CVDM(keras.Model):
         Models. ICLR 2024.
     """
 
-    def __init__(self, model_config=None, loss_config=None, boundary_steps: int = 200, seed: int = 0, **kwargs):
+    def __init__(self, model_config=None, loss_config=None, boundary_steps: int = 200, seed: int = 0,
+                 precision: str = "float32", **kwargs):
         super().__init__(**kwargs)
         if isinstance(model_config, dict) or model_config is None:
             model_config = ModelConfig(**(model_config or {}))
@@ -53,20 +54,17 @@ class CVDM(keras.Model):
         self.loss_config = loss_config
         self.boundary_steps = boundary_steps
         self.seed = seed
+        self.precision = precision
         c = model_config
 
         # === Layers ===
-        self.schedule = make_schedule(c)
-        self.denoiser = unet(
-            2 * c.target_channels + c.condition_channels, c.target_channels, c.base_filters, c.depth,
-            c.kernel_size, c.blocks_per_level, c.norm, name="denoiser",
-        )
-        self.mean_net = None
-        if c.mean == "network":
-            self.mean_net = unet(
-                c.condition_channels, c.target_channels, c.base_filters, c.depth, c.kernel_size,
-                c.blocks_per_level, c.norm, name="mean_net",
-            )
+        self.schedule = make_schedule(c)  # always float32: gamma, its time derivatives and the loss need it
+        with dtype_policy(precision):
+            self.denoiser = backbone(c, 2 * c.target_channels + c.condition_channels, c.target_channels,
+                                     noise_channels=c.target_channels, name="denoiser")
+            self.mean_net = None
+            if c.mean == "network":
+                self.mean_net = backbone(c, c.condition_channels, c.target_channels, name="mean_net")
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
 
         # === Metrics ===
@@ -79,12 +77,12 @@ class CVDM(keras.Model):
     def call(self, inputs):
         """eps_hat(z_t, y, gamma): the noise prediction, from `(z_t, y, gamma)`."""
         z_t, y, gamma = inputs
-        return self.denoiser(tf.concat([z_t, y, gamma], axis=-1))
+        return tf.cast(self.denoiser(tf.concat([z_t, y, gamma], axis=-1)), tf.float32)
 
     def prior_mean(self, y):
         """The mean the diffusion works around: E[x|y] from the mean network, the last condition channel, or None."""
         if self.mean_net is not None:
-            return self.mean_net(y)
+            return tf.cast(self.mean_net(y), tf.float32)
         if self.model_config.mean == "condition":
             return tf.convert_to_tensor(y)[..., -self.model_config.target_channels:]
         return None
@@ -99,13 +97,11 @@ class CVDM(keras.Model):
         return residual, mean
 
     # --- the loss ---
-    def loss_terms(self, y, x):
-        """The named terms of cvdm-math.md section 3 for a batch (y, x)."""
+    def loss_terms(self, y, x, seeds=None):
+        """The named terms of cvdm-math.md section 3 for a batch (y, x); `seeds` as in `draw_noise`."""
         x0, mean = self.residual_target(x, y)
-        batch = tf.shape(x0)[0]
         # 1. Draw one t per example and the noise.
-        t = keras.random.uniform((batch, 1), seed=self.seed_generator)
-        eps = keras.random.normal(tf.shape(x0), seed=self.seed_generator)
+        t, eps = self.draw_noise(x0, seeds)
         # 2. The schedule at t, with its time derivatives by autodiff.
         tau = self.schedule.tau(y)
         gamma, dgamma, d2gamma = losses.time_derivatives(self.schedule, t, tau)
@@ -133,23 +129,58 @@ class CVDM(keras.Model):
             terms["mean"] = tf.reduce_mean(tf.square(x - mean))
         return terms
 
+    def draw_noise(self, x0, seeds=None):
+        """t ~ U[0, 1) [B, 1] and eps ~ N(0, I) like x0, one draw per example.
+
+        With `seeds` [B, 2] (each example's key, from the data pipeline) the draws are stateless functions of
+        the keys: an example gets the same t and eps on whichever replica of a distributed run it lands, and a
+        resumed run redraws them exactly. Without, from the model's random stream (`seed_generator`).
+        """
+        if seeds is None:
+            t = keras.random.uniform((tf.shape(x0)[0], 1), seed=self.seed_generator)
+            return t, keras.random.normal(tf.shape(x0), seed=self.seed_generator)
+        shape = tf.shape(x0)[1:]
+        fold_in = tf.random.experimental.stateless_fold_in
+
+        def one(seed):
+            return (tf.random.stateless_uniform([1], seed=fold_in(seed, 0)),
+                    tf.random.stateless_normal(shape, seed=fold_in(seed, 1)))
+
+        return tf.map_fn(one, seeds, fn_output_signature=(tf.float32, tf.float32))
+
     def train_step(self, data):
-        y, x, _ = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            terms = self.loss_terms(y, x)
-            loss = losses.total_loss(terms, self.loss_config.w, self.loss_config.alpha)
-        variables = self.trainable_variables
-        gradients = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        self.optimizer.apply(gradients, variables)
-        return self._record(loss, terms)
+        return self.record(*self.replica_train_step(data))
 
     def test_step(self, data):
-        y, x, _ = keras.utils.unpack_x_y_sample_weight(data)
-        terms = self.loss_terms(y, x)
-        loss = losses.total_loss(terms, self.loss_config.w, self.loss_config.alpha)
-        return self._record(loss, terms)
+        return self.record(*self.replica_test_step(data))
 
-    def _record(self, loss, terms):
+    def replica_train_step(self, data):
+        """One update from this replica's share of a global batch; returns its (loss, terms), means over its
+        examples. `data`: (y, x), or (y, x, seeds) with each example's key [B, 2] (not sample weights).
+
+        With R replicas of equal batches the global loss is the mean of theirs: each differentiates loss / R and
+        the gradients are summed over the replicas here, so that the optimizer's global-norm clipping sees the
+        global gradient (`make_optimizer`'s Adam does not sum them again).
+        """
+        y, x, seeds = unpack(data)
+        context = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            terms = self.loss_terms(y, x, seeds)
+            loss = losses.total_loss(terms, self.loss_config.w, self.loss_config.alpha)
+            scaled = self.optimizer.scale_loss(loss / context.num_replicas_in_sync)  # float16: loss scaling
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        self.optimizer.apply(sum_over_replicas(gradients), variables)
+        return loss, terms
+
+    def replica_test_step(self, data):
+        """(loss, terms) of this replica's share of a batch, without an update."""
+        y, x, seeds = unpack(data)
+        terms = self.loss_terms(y, x, seeds)
+        return losses.total_loss(terms, self.loss_config.w, self.loss_config.alpha), terms
+
+    def record(self, loss, terms):
+        """Add a step's (global) loss and terms to the running means; the means so far, by name."""
         self.trackers["loss"].update_state(loss)
         for name, value in terms.items():
             self.trackers[name].update_state(value)
@@ -167,6 +198,7 @@ class CVDM(keras.Model):
             "loss_config": dataclasses.asdict(self.loss_config),
             "boundary_steps": self.boundary_steps,
             "seed": self.seed,
+            "precision": self.precision,
         }
 
     @classmethod
@@ -183,15 +215,17 @@ def build_model(config) -> keras.Model:
     if config.model.kind == "regression":
         from cvdm_tf.regression import Regression
 
-        return Regression(config.model, config.loss, seed=config.train.seed, name="regression")
+        return Regression(config.model, config.loss, seed=config.train.seed, precision=config.train.precision,
+                          name="regression")
     return CVDM(config.model, config.loss, boundary_steps=config.sampler.steps, seed=config.train.seed,
-                name="cvdm")
+                precision=config.train.precision, name="cvdm")
 
 
 def make_optimizer(train_config) -> keras.optimizers.Optimizer:
     """Adam with global-norm gradient clipping and an exponential moving average of the weights, kept for
-    sampling (`ema_weights`)."""
-    return keras.optimizers.Adam(
+    sampling (`ema_weights`); under `train.precision = "mixed_float16"` wrapped in a dynamic loss scale.
+    The models' train steps sum the gradients over replicas themselves (`sum_over_replicas`)."""
+    optimizer = SummedGradientsAdam(
         learning_rate=train_config.learning_rate,
         # Clipping the global gradient norm keeps one bad batch from throwing the learned schedule off
         # (measured: at learning rate 1e-3 without it, the default QPI run diverged at step ~1500).
@@ -199,12 +233,54 @@ def make_optimizer(train_config) -> keras.optimizers.Optimizer:
         use_ema=train_config.ema_momentum > 0,
         ema_momentum=train_config.ema_momentum or 0.99,
     )
+    if train_config.precision == "mixed_float16":
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+@keras.saving.register_keras_serializable(package="cvdm_tf")
+class SummedGradientsAdam(keras.optimizers.Adam):
+    """Adam for gradients that arrive already summed over the replicas of a tf.distribute strategy.
+
+    Keras sums them inside `apply`, after `global_clipnorm` has clipped each replica's own gradient: with
+    several replicas that clips something else than a one-replica run clips. The train steps sum first
+    (`sum_over_replicas`), so this does not sum again (same variables, so checkpoints of plain Adam load).
+    """
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return grads_and_vars
+
+
+def sum_over_replicas(gradients):
+    """The gradients summed over the replicas of the current tf.distribute strategy (as they are with one)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return gradients
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+
+
+def unpack(data):
+    """(y, x, seeds) of a batch (y, x) or (y, x, seeds); seeds None when absent."""
+    return (*data, None) if len(data) == 2 else tuple(data)
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str):
+    """Layers built inside compute in `precision` ("float32", "mixed_float16", "mixed_bfloat16"; variables stay
+    float32): the U-Nets, not the schedule, whose gamma and derivatives the loss needs in float32."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 @contextlib.contextmanager
 def ema_weights(model: keras.Model):
     """Temporarily swap the optimizer's moving averages into the model's trainable weights (for sampling)."""
     optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's Adam holds them
     averages = getattr(optimizer, "_model_variables_moving_average", None)
     if not getattr(optimizer, "use_ema", False) or not averages or not optimizer.built:
         yield model

@@ -93,6 +93,29 @@ def unet(
     return keras.Model(inputs, outputs, name=name)
 
 
+def backbone(model_config, input_channels: int, output_channels: int, noise_channels: int = 0,
+             name: str = "unet") -> keras.Model:
+    """The network `model_config.denoiser` names ("unet" or "sr3"), with the config's widths and depth.
+
+    Args:
+        model_config: ModelConfig.
+        input_channels: int. Channels of the (concatenated) input.
+        output_channels: int. Channels of the output.
+        noise_channels: int. The last input channels that hold the noise level gamma (the denoiser: the target's
+            channel count; 0 for networks of the condition alone). The U-Net reads them as plain channels; SR3
+            also embeds them in every block.
+        name: str. Model name.
+    """
+    c = model_config
+    if c.denoiser == "sr3":
+        from cvdm_tf.sr3 import sr3_unet
+
+        return sr3_unet(input_channels, output_channels, noise_channels, c.base_filters, c.depth, c.kernel_size,
+                        c.blocks_per_level, name=name)
+    return unet(input_channels, output_channels, c.base_filters, c.depth, c.kernel_size, c.blocks_per_level,
+                c.norm, name=name)
+
+
 # === Sizes ===
 
 

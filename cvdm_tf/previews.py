@@ -61,22 +61,25 @@ def _display_size(height: int, width: int, smallest: int = 128, largest: int = 3
 
 
 def panel(values: np.ndarray, title: str, cmap: str) -> np.ndarray:
-    """Title, the image in its colour map, a colour bar and its low / high labels, on white: uint8 RGB."""
+    """Title, the image in its colour map (an [H, W, 3] image: in its own colours, one range for all three), a
+    colour bar and its low / high labels, on white: uint8 RGB."""
     from PIL import Image, ImageDraw
     from skimage.transform import resize
 
     values = np.asarray(values, np.float64)
+    if values.ndim == 3 and values.shape[-1] != 3:
+        values = values[..., 0]
     low, high = (float(v) for v in np.percentile(values, [0.5, 99.5]))
     # 3 significant digits, more where a narrow range needs them to tell the two ends apart.
     digits = next((d for d in range(3, 7) if _format(low, d) != _format(high, d)), 3)
     low_text = ("<" if values.min() < low else "") + _format(low, digits)
     high_text = (">" if values.max() > high else "") + _format(high, digits)
-    height, width = values.shape
+    height, width = values.shape[:2]
     dh, dw = _display_size(height, width)
     if dh > height:  # enlarge: whole pixels, no blur
         shown = np.repeat(np.repeat(values, dh // height, axis=0), dw // width, axis=1)
     elif dh < height:
-        shown = resize(values, (dh, dw), order=1, anti_aliasing=True, preserve_range=True)
+        shown = resize(values, (dh, dw) + values.shape[2:], order=1, anti_aliasing=True, preserve_range=True)
     else:
         shown = values
     font = _font()
@@ -88,7 +91,13 @@ def panel(values: np.ndarray, title: str, cmap: str) -> np.ndarray:
     panel_h = bar_top + BAR_HEIGHT + 4 + text_height + MARGIN
     canvas = np.full((panel_h, panel_w, 3), 255, np.uint8)
     left = (panel_w - shown.shape[1]) // 2
-    canvas[title_h:title_h + shown.shape[0], left:left + shown.shape[1]] = colorize(shown, low, high, cmap)
+    if shown.ndim == 3:  # colour: the three channels scaled alike, the bar in grey
+        cmap = "gray"
+        scaled = (shown - low) / (high - low) if high > low else np.zeros_like(shown)
+        picture = np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+    else:
+        picture = colorize(shown, low, high, cmap)
+    canvas[title_h:title_h + shown.shape[0], left:left + shown.shape[1]] = picture
     bar_w = panel_w - 2 * MARGIN
     ramp = np.tile(np.linspace(low, high, bar_w), (BAR_HEIGHT, 1))
     canvas[bar_top:bar_top + BAR_HEIGHT, MARGIN:MARGIN + bar_w] = colorize(ramp, low, high, cmap)
@@ -115,12 +124,37 @@ def strip(panels: list[tuple[str, np.ndarray, str]]) -> np.ndarray:
     return np.concatenate(row[:-1], axis=1)
 
 
+def _picture(values, colour: bool = True) -> np.ndarray:
+    """What a panel shows of an image [H, W] or [H, W, C]: 3 channels in colour (with `colour`), else the first
+    channel."""
+    values = np.asarray(values)
+    if values.ndim == 3:
+        return values if colour and values.shape[-1] == 3 else values[..., 0]
+    return values
+
+
+def _magnitude(values) -> np.ndarray:
+    """A map [H, W] of a per-channel map [H, W, C]: the mean over the channels."""
+    values = np.asarray(values)
+    return values.mean(axis=-1) if values.ndim == 3 else values
+
+
+def _is_colour(condition, result) -> bool:
+    """A 3-channel condition is a colour image when the result has 3 channels too (QPI's 3 condition channels,
+    an intensity pair and the TIE estimate, are not)."""
+    return np.shape(condition)[-1] == 3 and np.ndim(result) == 3 and np.shape(result)[-1] == 3
+
+
 def preview_image(condition: np.ndarray, mean: np.ndarray, std: np.ndarray, schedule: np.ndarray,
                   unit: str = "") -> np.ndarray:
-    """The inference preview: input (first channel) | mean | std | schedule."""
+    """The inference preview: input (first channel, or colour) | mean | std | schedule. Each [H, W] or [H, W, C];
+    3-channel images are shown in colour, std and schedule of several channels averaged over them."""
     suffix = f" [{unit}]" if unit else ""
-    return strip([("input ch 1", condition, "gray"), ("mean" + suffix, mean, "viridis"),
-                  ("std" + suffix, std, "magma"), ("schedule", schedule, "cividis")])
+    colour = _is_colour(condition, mean)
+    std_title = "std" + (" (channel mean)" if np.ndim(std) == 3 and np.shape(std)[-1] > 1 else "")
+    return strip([("input" if colour else "input ch 1", _picture(condition, colour), "gray"),
+                  ("mean" + suffix, _picture(mean), "viridis"), (std_title + suffix, _magnitude(std), "magma"),
+                  ("schedule", _magnitude(schedule), "cividis")])
 
 
 def write_preview(path: Path, sampler, config, batch):
@@ -130,8 +164,9 @@ def write_preview(path: Path, sampler, config, batch):
     y, x = batch
     with ema_weights(sampler.model):
         out = sampler(y[:1], steps=config.sampler.steps, samples=2, seed=0, method=config.sampler.method)
-    io.write_png(path, strip([("condition", y[0, ..., 0].numpy(), "gray"),
-                              ("sample mean", out["mean"][0, ..., 0].numpy(), "viridis"),
-                              ("truth", x[0, ..., 0].numpy(), "viridis"),
-                              ("std", out["std"][0, ..., 0].numpy(), "magma"),
-                              ("schedule", out["schedule"][0, ..., 0].numpy(), "cividis")]))
+    colour = _is_colour(y[0], x[0])
+    io.write_png(path, strip([("condition", _picture(y[0].numpy(), colour), "gray"),
+                              ("sample mean", _picture(out["mean"][0].numpy()), "viridis"),
+                              ("truth", _picture(x[0].numpy()), "viridis"),
+                              ("std", _magnitude(out["std"][0].numpy()), "magma"),
+                              ("schedule", _magnitude(out["schedule"][0].numpy()), "cividis")]))

@@ -14,7 +14,8 @@ import keras
 import tensorflow as tf
 
 from cvdm_tf.config import LossConfig, ModelConfig
-from cvdm_tf.networks import crop_to, pad_to_multiple, unet
+from cvdm_tf.model import dtype_policy, sum_over_replicas, unpack
+from cvdm_tf.networks import backbone, crop_to, pad_to_multiple
 
 
 @keras.saving.register_keras_serializable(package="cvdm_tf")
@@ -29,39 +30,51 @@ class Regression(keras.Model):
 
     is_regression = True
 
-    def __init__(self, model_config=None, loss_config=None, seed: int = 0, **kwargs):
+    def __init__(self, model_config=None, loss_config=None, seed: int = 0, precision: str = "float32", **kwargs):
         super().__init__(**kwargs)
         if isinstance(model_config, dict) or model_config is None:
             model_config = ModelConfig(**(model_config or {}))
         self.model_config = model_config
         self.loss_config = loss_config if isinstance(loss_config, LossConfig) else LossConfig(**(loss_config or {}))
         self.seed = seed
+        self.precision = precision
         c = model_config
-        self.net = unet(c.condition_channels, c.target_channels, c.base_filters, c.depth, c.kernel_size,
-                        c.blocks_per_level, c.norm, name="regression_net")
+        with dtype_policy(precision):
+            self.net = backbone(c, c.condition_channels, c.target_channels, name="regression_net")
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
         self.trackers = {"loss": keras.metrics.Mean(name="loss")}
         self.built = True
 
     def call(self, y):
         y = tf.convert_to_tensor(y)
-        out = self.net(y) / self.model_config.residual_scale
+        out = tf.cast(self.net(y), tf.float32) / self.model_config.residual_scale
         if self.model_config.mean == "condition":
             out = out + y[..., -self.model_config.target_channels:]
         return out
 
     def train_step(self, data):
-        y, x, _ = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.abs(self(y) - x))
-        variables = self.trainable_variables
-        self.optimizer.apply(tape.gradient(loss, variables), variables)
-        self.trackers["loss"].update_state(loss)
-        return {"loss": self.trackers["loss"].result()}
+        return self.record(*self.replica_train_step(data))
 
     def test_step(self, data):
-        y, x, _ = keras.utils.unpack_x_y_sample_weight(data)
-        self.trackers["loss"].update_state(tf.reduce_mean(tf.abs(self(y) - x)))
+        return self.record(*self.replica_test_step(data))
+
+    def replica_train_step(self, data):
+        """One update from this replica's share of a global batch (as `CVDM.replica_train_step`): (loss, {})."""
+        y, x, _ = unpack(data)
+        context = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.abs(self(y) - x))
+            scaled = self.optimizer.scale_loss(loss / context.num_replicas_in_sync)
+        variables = self.trainable_variables
+        self.optimizer.apply(sum_over_replicas(tape.gradient(scaled, variables)), variables)
+        return loss, {}
+
+    def replica_test_step(self, data):
+        y, x, _ = unpack(data)
+        return tf.reduce_mean(tf.abs(self(y) - x)), {}
+
+    def record(self, loss, terms):
+        self.trackers["loss"].update_state(loss)
         return {"loss": self.trackers["loss"].result()}
 
     @property
@@ -70,7 +83,7 @@ class Regression(keras.Model):
 
     def get_config(self):
         return {"name": self.name, "model_config": dataclasses.asdict(self.model_config),
-                "loss_config": dataclasses.asdict(self.loss_config), "seed": self.seed}
+                "loss_config": dataclasses.asdict(self.loss_config), "seed": self.seed, "precision": self.precision}
 
     def build(self, input_shape=None):
         self.built = True

@@ -7,13 +7,16 @@
     3. `_loop`: compiled `train_step`s; every `log_every` the running means and a validation pass are logged;
        every `checkpoint_every` a checkpoint; every `preview_every` a preview. A non-finite loss stops the run
        naming the step and the term, without saving; Ctrl-C / SIGTERM save at the current step first.
+Under a tf.distribute strategy (`cvdm_tf.distribute`) the same loop runs on every worker; only the chief writes.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
+import tempfile
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +27,8 @@ import tensorflow as tf
 from cvdm_tf import io
 from cvdm_tf.config import Config, dump_config
 from cvdm_tf.data.pipeline import make_dataset
+from cvdm_tf.distribute import (WORKER_ERRORS, check_batch, distribute_dataset, finish, is_chief, is_multiworker,
+                                make_strategy, step_functions)
 from cvdm_tf.errors import InputError
 from cvdm_tf.previews import write_preview
 from cvdm_tf.progress import Progress
@@ -37,7 +42,7 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss or weights); the message names the step and the term."""
 
 
-def train(config: Config, out_dir, resume: bool = False, progress=None) -> Path:
+def train(config: Config, out_dir, resume: bool = False, progress=None, strategy="default") -> Path:
     """Train a CVDM into `out_dir`, or with `resume` continue the run there from its last checkpoint.
 
     Everything is validated and loaded before `out_dir` is touched, so bad input leaves nothing behind. With
@@ -49,7 +54,8 @@ def train(config: Config, out_dir, resume: bool = False, progress=None) -> Path:
         config: Config. What to train (with `resume`: the new train.steps / checkpoint_every).
         out_dir: str or Path. The run folder: absent or empty, or the run to continue with `resume`.
         resume: bool. Continue the run in `out_dir`.
-        progress: Progress or None (a new one on stderr).
+        progress: Progress or None (a new one on stderr; silent on a worker that is not the chief).
+        strategy: str (`cvdm_tf.distribute.STRATEGIES`) or tf.distribute.Strategy. Where the steps run.
 
     Returns:
         Path: `out_dir`.
@@ -60,9 +66,10 @@ def train(config: Config, out_dir, resume: bool = False, progress=None) -> Path:
         KeyboardInterrupt: Ctrl-C or SIGTERM, after saving a checkpoint at the current step.
     """
     out_dir = Path(out_dir)
-    progress = progress or Progress()
+    strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
+    progress = progress or (Progress() if is_chief(strategy) else Progress(stream=open(os.devnull, "w")))
     try:
-        run = _prepare(config, out_dir, resume, progress)
+        run = _prepare(config, out_dir, resume, progress, strategy)
         if run.start >= run.config.train.steps:
             progress.message(f"{out_dir}: already trained for {run.start} steps (--steps "
                              f"{run.config.train.steps}); nothing to do")
@@ -82,43 +89,59 @@ def train(config: Config, out_dir, resume: bool = False, progress=None) -> Path:
     return _loop(run, files, out_dir, progress)
 
 
-def _prepare(config: Config, out_dir: Path, resume: bool, progress) -> SimpleNamespace:
+def _prepare(config: Config, out_dir: Path, resume: bool, progress, strategy) -> SimpleNamespace:
     """Validate and load everything (config, images, model, checkpoint, datasets); nothing on disk changes."""
+    chief = is_chief(strategy)
     if resume:
         config = run_config(out_dir).replace(train={name: getattr(config.train, name) for name in RESUMABLE})
-    elif out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    elif chief and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"{out_dir}: run folder exists and is not empty (use --resume to continue it)")
     config = resolve_config(config)
     task = make_task(config.task, config.data)
     tc = config.train
+    check_batch(strategy, tc.batch_size)
     size = config.data.image_size
     train_bank, val_bank, described = task.training_banks(tc.validation_fraction, tc.seed, size, warn=progress.message)
     # Unseeded Keras initializers draw from the global generators: without this, two runs with the same
     # train.seed start from different weights. (Sets Python's, NumPy's and TensorFlow's global seeds.)
     keras.utils.set_random_seed(tc.seed)
-    model, optimizer, checkpoint = build_for_checkpoint(config)
-    latest = latest_checkpoint(out_dir / "checkpoints") if resume else None
-    if latest:
-        try:
-            checkpoint.read(latest).assert_existing_objects_matched()
-        except (tf.errors.OpError, AssertionError, ValueError) as err:
-            raise InputError(f"{latest}: cannot restore this checkpoint ({str(err).splitlines()[0]})") from None
+    with strategy.scope():  # variables mirrored on every replica
+        model, optimizer, checkpoint = build_for_checkpoint(config)
+        latest = latest_checkpoint(out_dir / "checkpoints") if resume else None
+        if latest:
+            try:
+                checkpoint.read(latest).assert_existing_objects_matched()
+            except (tf.errors.OpError, AssertionError, ValueError) as err:
+                raise InputError(f"{latest}: cannot restore this checkpoint ({str(err).splitlines()[0]})") from None
     start = int(optimizer.iterations.numpy())
-    data = make_dataset(task, train_bank, size, tc.batch_size, tc.seed, start=start * tc.batch_size,
-                        augment=config.data.augment)
-    validation = None
+    # Batches (y, x, seeds), each replica its own part of every global batch (`cvdm_tf.distribute`).
+    data = distribute_dataset(strategy, lambda shard, split: make_dataset(
+        task, train_bank, size, tc.batch_size, tc.seed, start=start * tc.batch_size, augment=config.data.augment,
+        example_seeds=True, shard=shard, split=split))
+    validation = preview_data = None
     if val_bank is not None:
-        validation = make_dataset(task, val_bank, size, tc.batch_size, tc.seed + 1,
-                                  augment=False).take(tc.validation_batches).cache()
+        validation = distribute_dataset(strategy, lambda shard, split: make_dataset(
+            task, val_bank, size, tc.batch_size, tc.seed + 1, augment=False, example_seeds=True, shard=shard,
+            split=split).take(tc.validation_batches * split).cache())
+        preview_data = make_dataset(task, val_bank, size, tc.batch_size, tc.seed + 1, augment=False)
+    else:
+        preview_data = make_dataset(task, train_bank, size, tc.batch_size, tc.seed, start=start * tc.batch_size,
+                                    augment=config.data.augment)
     # Drawing the preview batch runs the pipeline once, before anything is written.
-    preview_batch = next(iter(validation if validation is not None else data))
+    preview_batch = next(iter(preview_data))
     return SimpleNamespace(config=config, model=model, checkpoint=checkpoint, start=start, data=data,
-                           validation=validation, preview_batch=preview_batch, described=described)
+                           validation=validation, preview_batch=preview_batch, described=described,
+                           strategy=strategy, chief=chief)
 
 
 def _open_folder(run: SimpleNamespace, out_dir: Path, resume: bool) -> SimpleNamespace:
     """Create (or, resuming, tidy) the run folder: config.toml, checkpoint manager, metrics.csv, TensorBoard.
-    A folder this creates is removed again if this fails."""
+    A folder this creates is removed again if this fails. A worker that is not the chief writes nothing there:
+    its checkpoints go to a temporary folder (`temp`, deleted at the end), its logs nowhere."""
+    if not run.chief:
+        temp = tempfile.mkdtemp(prefix="cvdm-worker-")
+        return SimpleNamespace(manager=tf.train.CheckpointManager(run.checkpoint, temp, max_to_keep=1), log=None,
+                               writer=tf.summary.create_noop_writer(), temp=temp)
     created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +156,7 @@ def _open_folder(run: SimpleNamespace, out_dir: Path, resume: bool) -> SimpleNam
         if created:
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
-    return SimpleNamespace(manager=manager, log=log, writer=writer)
+    return SimpleNamespace(manager=manager, log=log, writer=writer, temp=None)
 
 
 def _loop(run: SimpleNamespace, files: SimpleNamespace, out_dir: Path, progress) -> Path:
@@ -141,8 +164,7 @@ def _loop(run: SimpleNamespace, files: SimpleNamespace, out_dir: Path, progress)
     config, model, tc = run.config, run.model, run.config.train
     validation, writer = run.validation, files.writer
     preview_sampler = sampler_for(model, config.sampler)
-    step_fn = tf.function(model.train_step, reduce_retracing=True)
-    test_fn = tf.function(model.test_step, reduce_retracing=True)
+    step_fn, test_fn = step_functions(model, run.strategy, tc.jit_compile)
     step = saved = run.start
 
     def save():
@@ -172,21 +194,24 @@ def _loop(run: SimpleNamespace, files: SimpleNamespace, out_dir: Path, progress)
                             val = test_fn(batch)
                         values.update({f"val_{k}": float(v) for k, v in val.items()})
                         _reset(model)
-                    if not getattr(model, "is_regression", False):  # two conditions: cheap, and enough to see
+                    if run.chief and not getattr(model, "is_regression", False):  # two conditions: cheap, enough
                         values.update(schedule_diagnostics(model, run.preview_batch[0][:2], config.sampler.steps))
                     _check_finite(values, step, saved)
-                    files.log.append(step, values)
+                    if files.log is not None:
+                        files.log.append(step, values)
                     with writer.as_default(step=step):
                         for name, value in values.items():
                             tf.summary.scalar(name, value)
                     progress.update(step, values)
                 if step % tc.checkpoint_every == 0 or step == tc.steps:
                     save()
-                if step % tc.preview_every == 0 or step == tc.steps:
+                if run.chief and (step % tc.preview_every == 0 or step == tc.steps):
                     write_preview(out_dir / "previews" / f"step{step:07d}.png", preview_sampler, config,
                                   run.preview_batch)
             if stop.signal and step > saved:
                 save()
+            if not stop.signal:  # a worker that stopped alone must not wait for the others
+                finish(run.strategy)
     except KeyboardInterrupt:  # a second Ctrl-C, which stops at once
         last = f"last checkpoint at step {saved}" if saved else "no checkpoint yet"
         progress.close(f"interrupted at step {step} ({last}); {hint}")
@@ -194,8 +219,18 @@ def _loop(run: SimpleNamespace, files: SimpleNamespace, out_dir: Path, progress)
     except TrainingError:
         progress.close("")
         raise
+    except WORKER_ERRORS as err:
+        if not is_multiworker(run.strategy):
+            raise
+        last = f"the last checkpoint is step {saved}" if saved else "no checkpoint was saved"
+        progress.close("")
+        raise TrainingError(f"lost a worker of the cluster at step {step + 1} ({type(err).__name__}: "
+                            f"{str(err).strip().splitlines()[0][:200]}); {last}; restart every worker with: "
+                            f"cvdm-tf train --resume --out {out_dir} --strategy multiworker") from None
     finally:
         writer.close()
+        if files.temp:
+            shutil.rmtree(files.temp, ignore_errors=True)
     if stop.signal:
         progress.close(f"stopped by {stop.signal} at step {step}, checkpoint saved; {hint}")
         raise KeyboardInterrupt

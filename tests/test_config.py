@@ -17,7 +17,7 @@ else:  # pragma: no cover
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QPI_TOML = CONFIGS / "qpi.toml"
-TASKS = ("qpi", "biosr")
+TASKS = ("qpi", "biosr", "sr4x")
 
 
 def _sections():

@@ -108,8 +108,12 @@ class FileBank:
     def random_crop(self, size: int, seed) -> dict:
         k = _pick(self.count, seed)
         top, left = _crop_origin(self.sizes, k, size, self.step, seed)
-        crops = tf.numpy_function(lambda k, t, l: self._read_crop(k, t, l, size), [k, top, left],
-                                  [tf.float32] * len(self.divisors), stateful=False)
+        if len(self.divisors) == 1:  # numpy_function unpacks a one-element list along the array's first axis
+            crops = [tf.numpy_function(lambda k, t, l: self._read_crop(k, t, l, size)[0], [k, top, left],
+                                       tf.float32, stateful=False)]
+        else:
+            crops = tf.numpy_function(lambda k, t, l: self._read_crop(k, t, l, size), [k, top, left],
+                                      [tf.float32] * len(self.divisors), stateful=False)
         return {name: tf.ensure_shape(crop, [size // d, size // d, self.channels[name]])
                 for (name, d), crop in zip(self.divisors.items(), crops)}
 
@@ -127,17 +131,31 @@ def _augment(crop: dict, seed) -> dict:
 
 
 def make_dataset(task, bank, size: int, batch_size: int, seed: int, start: int = 0,
-                 augment: bool = True) -> tf.data.Dataset:
+                 augment: bool = True, example_seeds: bool = False, shard=(0, 1), split: int = 1) -> tf.data.Dataset:
     """An endless dataset of (y, x) batches of `task.pair`s of `size` px crops of `bank`; element i depends only
-    on (seed, i). `start` skips to element `start`."""
+    on (seed, i). `start` skips to element `start`.
 
-    def element(i):
+    Args:
+        example_seeds: bool. Elements are (y, x, seeds): each example's own key [2] int64, a pure function of
+            (seed, i) too, for the random draws of the training step (t and eps), so that they travel with the
+            example to whichever replica trains on it.
+        shard: (k, n). One of n input pipelines of a distributed run (`cvdm_tf.distribute`): of every block of
+            `batch_size` consecutive elements (a global batch), only the k-th contiguous part of `batch_size / n`
+            elements, so the n pipelines together yield each global batch once.
+        split: int. That part comes as `split` consecutive batches (one per replica the pipeline feeds).
+    """
+    k, n = shard
+    part = batch_size // n
+
+    def element(j):
+        i = start + j // part * batch_size + k * part + j % part  # the j-th element of this shard
         key = tf.stack([tf.constant(seed, tf.int64), i])
         crop = bank.random_crop(size, tf.random.experimental.stateless_fold_in(key, 0))
         if augment:
             crop = _augment(crop, tf.random.experimental.stateless_fold_in(key, 1))
-        return task.pair(crop, tf.random.experimental.stateless_fold_in(key, 2))
+        pair = task.pair(crop, tf.random.experimental.stateless_fold_in(key, 2))
+        return (*pair, tf.random.experimental.stateless_fold_in(key, 3)) if example_seeds else pair
 
-    dataset = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
+    dataset = tf.data.Dataset.range(0, np.iinfo(np.int64).max - start)
     dataset = dataset.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(part // split, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

@@ -126,7 +126,7 @@ def iter_source_images(source: str | os.PathLike, *, with_dtype: bool = False) -
     return out
 
 
-def embedded_images() -> list[tuple[str, np.ndarray]]:
+def embedded_images(grayscale: bool = True) -> list[tuple[str, np.ndarray]]:
     """The default training set: the photographs and micrographs that ship inside scikit-image, in grey.
 
     The files of :data:`EMBEDDED_IMAGE_FILES` are read straight from the installed ``skimage/data`` folder
@@ -134,9 +134,12 @@ def embedded_images() -> list[tuple[str, np.ndarray]]:
     ``[0, 1]`` by their bit depth (:func:`to_unit_range`). Files missing from this scikit-image version and
     images under 256 px on the short side are skipped.
 
+    Args:
+        grayscale: bool. False keeps each image's own channels (RGB or grey; an alpha channel is dropped).
+
     Returns:
-        list of tuple: ``(name, image float32 [H, W, 1] in [0, 1])`` in the fixed order of
-        :data:`EMBEDDED_IMAGE_FILES`.
+        list of tuple: ``(name, image float32 [H, W, 1] in [0, 1])`` (``[H, W, 1 or 3]`` without ``grayscale``)
+        in the fixed order of :data:`EMBEDDED_IMAGE_FILES`.
 
     Raises:
         InputError: none of the files is in the installed scikit-image.
@@ -152,7 +155,11 @@ def embedded_images() -> list[tuple[str, np.ndarray]]:
         image, dtype = read_image_with_dtype(path)
         if min(image.shape[:2]) < _MIN_EMBEDDED_SIDE:
             continue
-        out.append((name, to_unit_range(to_grayscale(image), dtype)))
+        if grayscale:
+            image = to_grayscale(image)
+        elif image.shape[-1] in (2, 4):
+            image = image[..., :-1]
+        out.append((name, to_unit_range(image, dtype)))
     if not out:
         raise InputError(f"{folder}: none of scikit-image's embedded images found (reinstall scikit-image)")
     return out

@@ -2,6 +2,7 @@
 
     qpi     quantitative phase imaging from a defocused intensity pair      (cvdm_tf.tasks.qpi)
     biosr   super-resolution microscopy, widefield -> SIM-like, 2x grid     (cvdm_tf.tasks.biosr)
+    sr4x    4x super-resolution of natural images, colour or grey            (cvdm_tf.tasks.sr4x)
 
 `get_task(name)` gives the task class (`Task` subclass, see `base.py` for the contract); `make_task(name, data)`
 an instance for a `[data]` config table. Task modules (TensorFlow) are imported on first use; what the command
@@ -16,7 +17,7 @@ from cvdm_tf.errors import InputError
 from cvdm_tf.tasks.base import Option
 
 #: name -> module that defines it (the module's task class has `name == key`).
-TASK_MODULES = {"qpi": "cvdm_tf.tasks.qpi", "biosr": "cvdm_tf.tasks.biosr"}
+TASK_MODULES = {"qpi": "cvdm_tf.tasks.qpi", "biosr": "cvdm_tf.tasks.biosr", "sr4x": "cvdm_tf.tasks.sr4x"}
 TASK_NAMES = tuple(TASK_MODULES)
 
 #: name -> the options the task adds to `cvdm-tf simulate` / `eval` (its `Task.options`).
@@ -45,6 +46,10 @@ TASK_OPTIONS = {
         Option("--photons", "photons", float, "Expected photons at the brightest widefield pixel (noise)."),
         Option("--rl-iterations", "iterations", int, "Richardson-Lucy iterations (default: tuned on the truth).",
                commands=("eval",), baseline="richardson-lucy"),
+    ),
+    "sr4x": (
+        Option("--resampling", "resampling", str, "Kernel of the 4x down- and up-sampling: bicubic or lanczos "
+               "(default: the run's data.resampling)."),
     ),
 }
 

@@ -157,6 +157,15 @@ class Task:
 
         return sources.read_stack(path)
 
+    def write_outputs(self, out_dir, name: str, raw: np.ndarray, result: dict, source=None) -> list:
+        """The files `infer` writes for one image NAME (`result`: mean, std, schedule from `inference.reconstruct`;
+        `source`: the file it was read from); returns their paths. Default: NAME_mean/std/schedule.tif (float32,
+        the task's units and output pixel size) and NAME_preview.png."""
+        from cvdm_tf.inference import write_outputs
+
+        return write_outputs(out_dir, name, raw, result, unit=self.target_unit,
+                             pixel_size_um=self.output_pixel_size_um)
+
     def is_truth_file(self, path, stems: set) -> bool:
         """Whether a file in an `infer` input folder is a ground truth beside its measurement (not an input)."""
         return False
@@ -177,6 +186,10 @@ class Task:
     def centre(self, estimate: np.ndarray, truth: np.ndarray):
         """(estimate, truth) as the task compares them (QPI: each without its mean, the phase's free constant)."""
         return np.asarray(estimate, np.float64), np.asarray(truth, np.float64)
+
+    def centre_spread(self, std: np.ndarray, estimate: np.ndarray) -> np.ndarray:
+        """A std map of `estimate` in the units `centre` gives its error (unchanged where `centre` only shifts)."""
+        return np.asarray(std, np.float64)
 
     def score(self, estimate: np.ndarray, truth: np.ndarray) -> dict:
         """Metrics of one estimate against its truth (both physical units, [H, W])."""
