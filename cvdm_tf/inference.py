@@ -120,8 +120,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
                 continue
             for name, raw, result in results:
                 try:
-                    report.written[name] = write_outputs(out_dir, name, raw, result, unit=task.target_unit,
-                                                         pixel_size_um=task.output_pixel_size_um)
+                    report.written[name] = task.write_outputs(out_dir, name, raw, result, source=path)
                 except OSError as err:
                     message = f"{path}: cannot write the outputs of {name} to {out_dir} ({err.strerror or err})"
                     report.failed.append(message)
@@ -158,8 +157,7 @@ def write_outputs(out_dir: Path, name: str, raw: np.ndarray, result: dict, unit:
     paths = []
     for key in ("mean", "std", "schedule"):
         paths.append(io.write_tiff(out_dir / f"{name}_{key}.tif", result[key], pixel_size_um=pixel_size_um))
-    preview = preview_image(raw[..., 0], result["mean"][..., 0], result["std"][..., 0],
-                            result["schedule"][..., 0], unit=unit)
+    preview = preview_image(raw, result["mean"], result["std"], result["schedule"], unit=unit)
     paths.append(io.write_png(out_dir / f"{name}_preview.png", preview))
     return paths
 
@@ -197,7 +195,7 @@ def _input_files(input_path, out_dir: Path, task) -> list[tuple[Path, str]]:
 
 def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, method: str = "ddpm",
                 seed: int = 0, tile: int = 256, batch_size: int = 4, progress: Callable | None = None,
-                sampler=None) -> dict:
+                sampler=None, chunk: int | None = None, step_progress: Callable | None = None) -> dict:
     """Sample the model for one raw measurement and return the result in physical units.
 
     Args:
@@ -211,6 +209,9 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         progress: callable(done, total) or None, called after each batch of tiles.
         sampler: `cvdm_tf.sampler.Sampler` of `model` or None (a new one). Pass one to reuse its compiled graph
             over many images (it is traced once, for any image size).
+        chunk: int or None. None: each batch of tiles is sampled in one compiled call. N: in runs of N steps, with
+            `step_progress(done, steps)` called between them (it may raise to cancel: a GUI stops within N steps).
+        step_progress: callable(done, steps) or None. Only with `chunk`; a regression run has no steps.
 
     Returns:
         dict of float32 [H, W, C_target] on the output grid (H = task.scale * h): `mean` and `std` (over the K
@@ -222,7 +223,7 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
     """
     import tensorflow as tf
 
-    from cvdm_tf.sampler import sampler_for
+    from cvdm_tf.sampler import Sampler, sampler_for
 
     raw = np.asarray(raw_condition, dtype=np.float32)
     if raw.ndim != 3:
@@ -249,6 +250,7 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         y = np.pad(y, [(0, pad_h), (0, pad_w), (0, 0)], mode="symmetric")
 
     sampler = sampler or sampler_for(model)
+    chunking = {"chunk": chunk, "callback": step_progress} if chunk and isinstance(sampler, Sampler) else {}
     calls = [0]
 
     def predict(batch):
@@ -256,7 +258,7 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         call_seed = (seed + 7919 * calls[0]) % 2**31
         calls[0] += 1
         try:
-            out = sampler(batch, steps=steps, samples=samples, seed=call_seed, method=method)
+            out = sampler(batch, steps=steps, samples=samples, seed=call_seed, method=method, **chunking)
         except tf.errors.ResourceExhaustedError:
             raise InputError(f"out of memory sampling {len(batch)} tile(s) of {batch.shape[1]} x {batch.shape[2]} "
                              "px (try a smaller --batch-size or --tile)") from None

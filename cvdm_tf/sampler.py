@@ -39,6 +39,11 @@ tau(y) does not depend on t, so it is computed once per condition; each step run
 the denoiser. The loop is a `tf.while_loop` inside one `tf.function`: no Python loop over steps and no
 `predict` call per step. Randomness is stateless (`tf.random.stateless_normal` seeded by (seed, step)), so the
 same seed gives the same samples, also after export.
+
+Chunks (`sampler(y, ..., chunk=N, callback=fn)`): the same loop cut into compiled runs of N steps, with
+`fn(done, T)` called in Python between them, so a GUI can show progress and cancel (fn raises) within N steps.
+The state handed from chunk to chunk is (z_i, log gbar_i, x_hat) and every step draws its noise from (seed, i),
+so the samples equal the one-call loop's for the same seed. Without `chunk` the one-call graph runs unchanged.
 """
 
 from __future__ import annotations
@@ -92,30 +97,43 @@ class Sampler(tf.Module):
             reduce_retracing=True,
         )
 
-    def __call__(self, y, steps=200, samples=1, seed=0, method="ddpm"):
+    def __call__(self, y, steps=200, samples=1, seed=0, method="ddpm", chunk=None, callback=None):
         """Sample. Returns a dict with `mean`, `std` (over the K samples), `schedule` (tau * rho(1)) and
-        `samples` [B, K, H, W, C], all in the model's normalised target units."""
+        `samples` [B, K, H, W, C], all in the model's normalised target units.
+
+        chunk: int or None. None: all T steps in one compiled call. N: compiled runs of N steps with
+            `callback(done, steps)` after each (may raise to stop; see the module docstring: same samples).
+        """
         if method not in ("ddpm", "ddim"):
             raise ValueError(f"unknown sampler {method!r} (ddpm or ddim)")
-        return self.sample(
-            tf.convert_to_tensor(y, tf.float32), tf.constant(steps, tf.int32), tf.constant(samples, tf.int32),
-            tf.constant(seed, tf.int32), tf.constant(method == "ddim"),
-        )
+        args = (tf.convert_to_tensor(y, tf.float32), tf.constant(steps, tf.int32), tf.constant(samples, tf.int32),
+                tf.constant(seed, tf.int32), tf.constant(method == "ddim"))
+        if chunk is None:
+            return self.sample(*args)
+        return self._sample_in_chunks(*args, chunk=int(chunk), callback=callback)
 
     def _sample(self, y, steps, samples, seed, deterministic):
-        model = self.model
-        schedule = model.schedule
-        y, size = pad_to_multiple(y, self.size_multiple)
-        batch = tf.shape(y)[0]
+        start = self._start(y, steps, samples, seed)
+        walk = Discretisation(self.model.schedule, start["tau_k"], steps, self.discretisation, self.grid)
+        _, _, x_hat = self._walk(walk, start["y_k"], start["z"], walk.last(), start["x_hat"], steps,
+                                 tf.constant(0), seed, deterministic)
+        return self._finish(start["y"], start["size"], start["magnitude"], x_hat, samples)
 
-        # tau(y) once per condition, then K copies of every condition (each condition's samples consecutive).
+    def _start(self, y, steps, samples, seed):
+        """Before the first step: the padded condition, tau(y) once per condition, then K copies of every condition
+        (each condition's samples consecutive) and z_T."""
+        schedule = self.model.schedule
+        y, size = pad_to_multiple(y, self.size_multiple)
         tau = schedule.tau(y)
-        magnitude = schedule.magnitude(tau)
         y_k = tf.repeat(y, samples, axis=0)
         tau_k = tf.repeat(tau, samples, axis=0)
-        walk = Discretisation(schedule, tau_k, steps, self.discretisation, self.grid)
-
         z_T = tf.random.stateless_normal(tf.shape(tau_k), seed=tf.stack([seed, 0]))
+        return {"y": y, "size": tf.stack(size), "magnitude": schedule.magnitude(tau), "y_k": y_k, "tau_k": tau_k,
+                "z": z_T, "x_hat": tf.zeros_like(z_T)}
+
+    def _walk(self, walk, y_k, z, log_gbar, x_hat, first, last, seed, deterministic):
+        """Reverse steps i = first, first - 1, ..., last + 1: (z_last, log gbar_last, x_hat of step last + 1)."""
+        model = self.model
 
         def step(i, z, log_gbar, x_hat):
             log_gbar_prev, la = walk.previous(i, log_gbar)
@@ -141,12 +159,14 @@ class Sampler(tf.Module):
             )
             return i - 1, z_prev, log_gbar_prev, x_hat
 
-        _, _, _, x_hat = tf.while_loop(
-            lambda i, *_: i >= 1,
-            step,
-            (steps, z_T, walk.last(), tf.zeros_like(z_T)),
-        )
+        _, z, log_gbar, x_hat = tf.while_loop(lambda i, *_: i > last, step, (first, z, log_gbar, x_hat))
+        return z, log_gbar, x_hat
 
+    def _finish(self, y, size, magnitude, x_hat, samples):
+        """x_hat of the last step -> mean, std, schedule and samples, cropped to the condition's size."""
+        model = self.model
+        batch = tf.shape(y)[0]
+        size = (size[0], size[1])
         x = x_hat
         mean = model.prior_mean(y)
         if mean is not None:
@@ -166,6 +186,50 @@ class Sampler(tf.Module):
             "schedule": crop(magnitude),
             "samples": x[:, :, : size[0], : size[1], :],
         }
+
+    def _sample_in_chunks(self, y, steps, samples, seed, deterministic, chunk, callback):
+        """`_sample` as compiled runs of `chunk` steps; the state between them is (z, log gbar, x_hat)."""
+        if chunk < 1:
+            raise ValueError(f"chunk must be a positive number of steps, got {chunk}")
+        if not hasattr(self, "_chunk_functions"):
+            # Made on first use only: an exported sampler (a tf.Module) keeps just `sample`.
+            self._chunk_functions = self._compile_chunks()
+        start_fn, walk_fn, finish_fn = self._chunk_functions
+        start = start_fn(y, steps, samples, seed)
+        z, log_gbar, x_hat = start["z"], start["log_gbar"], start["x_hat"]
+        total = int(steps)
+        i = total
+        while i >= 1:
+            last = max(i - chunk, 0)
+            z, log_gbar, x_hat = walk_fn(start["y_k"], start["tau_k"], z, log_gbar, x_hat, tf.constant(i),
+                                         tf.constant(last), steps, seed, deterministic)
+            i = last
+            if callback is not None:
+                callback(total - i, total)
+        return finish_fn(start["y"], start["size"], start["magnitude"], x_hat, samples)
+
+    def _compile_chunks(self):
+        config = self.model.model_config
+        condition = tf.TensorSpec([None, None, None, config.condition_channels], tf.float32)
+        target = tf.TensorSpec([None, None, None, config.target_channels], tf.float32)
+        scalar = tf.TensorSpec([], tf.int32)
+
+        def start(y, steps, samples, seed):
+            out = self._start(y, steps, samples, seed)
+            walk = Discretisation(self.model.schedule, out["tau_k"], steps, self.discretisation, self.grid)
+            return {**out, "log_gbar": walk.last()}
+
+        def walk(y_k, tau_k, z, log_gbar, x_hat, first, last, steps, seed, deterministic):
+            grid = Discretisation(self.model.schedule, tau_k, steps, self.discretisation, self.grid)
+            return self._walk(grid, y_k, z, log_gbar, x_hat, first, last, seed, deterministic)
+
+        return (
+            tf.function(start, input_signature=[condition, scalar, scalar, scalar]),
+            tf.function(walk, input_signature=[condition, target, target, target, target, scalar, scalar, scalar,
+                                               scalar, tf.TensorSpec([], tf.bool)]),
+            tf.function(self._finish, input_signature=[condition, tf.TensorSpec([2], tf.int32), target, target,
+                                                       scalar]),
+        )
 
 
 class Discretisation:

@@ -285,3 +285,42 @@ def test_schedule_diagnostics_tell_a_pixelwise_schedule_from_a_global_one(rng):
         assert diagnostics["gbar_gap"] == pytest.approx(schedule_agreement(model, y, 20, discretisation="paper"),
                                                         rel=1e-5)
         assert diagnostics["gbar_gap"] > 0
+
+
+class Cancelled(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method,discretisation,grid", [("ddpm", *options) for options in EXACT_AND_PAPER]
+                         + [("ddim", "exact", "uniform")])
+def test_sampling_in_chunks_gives_the_same_samples(method, discretisation, grid):
+    """`chunk=N` (the GUI's cancellable path) hands (z, log gbar, x_hat) from one compiled run of N steps to the
+    next and draws each step's noise from (seed, i): the samples equal the one-call loop's bit for bit, for any N
+    (one step, N not dividing T, N > T), on a pixel-wise schedule and an odd size (padding and crop)."""
+    sampler = Sampler(pixelwise_model(0.3, 0.5), clip=0.0, discretisation=discretisation, grid=grid)
+    tau = np.where(np.arange(12) < 6, 1.0, 3.0) * np.ones([2, 9, 1, 1])  # [2, 9, 12, 1]
+    y = tf.constant(tau.transpose(0, 1, 3, 2).reshape(2, 9, 12, 1), tf.float32)
+    whole = sampler(y, steps=7, samples=3, seed=11, method=method)
+    for chunk in (1, 3, 50):
+        calls = []
+        parts = sampler(y, steps=7, samples=3, seed=11, method=method, chunk=chunk,
+                        callback=lambda done, total: calls.append((done, total)))
+        for key in ("mean", "std", "schedule", "samples"):
+            np.testing.assert_array_equal(parts[key].numpy(), whole[key].numpy(), err_msg=f"{key}, chunk {chunk}")
+        assert calls == [(min(n, 7), 7) for n in range(chunk, 7 + chunk, chunk)]
+
+
+def test_a_chunk_callback_that_raises_stops_sampling_after_that_chunk():
+    """Cancelling from the callback: the exception propagates after the first chunk and no further step runs."""
+    sampler = Sampler(pixelwise_model(0.3, 0.5), clip=0.0)
+    calls = []
+
+    def cancel(done, total):
+        calls.append(done)
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        sampler(tf.ones([1, 8, 8, 1]), steps=1000, samples=2, seed=0, chunk=4, callback=cancel)
+    assert calls == [4]
+    with pytest.raises(ValueError, match="chunk"):
+        sampler(tf.ones([1, 8, 8, 1]), steps=4, chunk=0)

@@ -1,0 +1,191 @@
+"""The napari plugin, headless: the widget on a tiny QPI run, its worker thread and Cancel, the reader of infer's
+outputs, the manifest, and the README's screenshot. Skipped only where napari is not installed (`.[napari]`).
+
+Offscreen Qt has no OpenGL context, so a Qt viewer cannot draw layers; the tests that add layers give the widget
+a `ViewerModel` (napari's viewer without the canvas: the same layer list, dims and selection), and the real
+`make_napari_viewer` is used where no layer is drawn (docking the widget through the manifest).
+"""
+
+import importlib.util
+import os
+import threading
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+napari = pytest.importorskip("napari")
+
+from napari.components import ViewerModel  # noqa: E402
+from qtpy.QtCore import QTimer  # noqa: E402
+
+from cvdm_tf import io  # noqa: E402
+from cvdm_tf.napari import reader  # noqa: E402
+from cvdm_tf.napari.widget import ReconstructWidget  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = ROOT / "cvdm_tf" / "napari" / "napari.yaml"
+WAIT_MS = 120_000  # a ceiling for a loaded CI machine; the runs take a few seconds
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("napari_screenshot", ROOT / "scripts" / "napari_screenshot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def qpi(tiny_run):
+    from cvdm_tf.runs import load_run
+
+    config, task, model = load_run(tiny_run)
+    return config, task, model
+
+
+@pytest.fixture
+def pair(qpi):
+    """A simulated intensity pair [2, 16, 16] of the tiny run's optics (napari's channel-first layout)."""
+    return _script().simulated_pair(qpi[1], 16)
+
+
+def _widget(qtbot, viewer, run, data, samples=2, steps=3):
+    widget = ReconstructWidget(viewer)
+    qtbot.addWidget(widget.native)
+    widget.image.value = viewer.add_image(data, name="cell")
+    widget.set_model(run)
+    widget.samples.value, widget.steps.value, widget.seed.value = samples, steps, 4
+    return widget
+
+
+def test_widget_adds_mean_std_and_schedule_off_the_gui_thread(tiny_run, qpi, pair, qtbot):
+    """Reconstruct adds 3 layers [16, 16] at the task's pixel size (QPI: radians), equal to `reconstruct` on the
+    [H, W, 2] pair with the same seed; sampling runs in another thread while the GUI's event loop keeps turning,
+    and progress reaches the GUI thread."""
+    from cvdm_tf.inference import reconstruct
+    from cvdm_tf.sampler import sampler_for
+
+    config, task, model = qpi
+    viewer = ViewerModel()
+    widget = _widget(qtbot, viewer, tiny_run, pair, steps=12)
+    main = threading.get_ident()
+    ticks, progress_threads = [], []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(widget.worker is not None))
+    timer.start(1)
+    widget._relay.progress.connect(lambda *_: progress_threads.append(threading.get_ident()))
+
+    assert widget.start() is not None and widget.worker is not None  # start() returns at once
+    assert not widget.run_button.enabled and widget.cancel_button.enabled
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    timer.stop()
+
+    assert widget.worker_thread is not None and widget.worker_thread != main
+    assert any(ticks)  # the event loop ran while the worker sampled
+    assert progress_threads and set(progress_threads) == {main}
+    assert [layer.name for layer in viewer.layers] == ["cell", "cell_mean", "cell_std", "cell_schedule"]
+    assert widget.image.value is viewer.layers["cell"] and widget.run_button.enabled
+    expected = reconstruct(model, task, np.moveaxis(pair, 0, -1), samples=2, steps=12, method=config.sampler.method,
+                           seed=4, batch_size=1, sampler=sampler_for(model, config.sampler))  # not chunked
+    for layer in widget.last_layers:
+        key = layer.metadata["cvdm_tf"]
+        assert layer.data.shape == (16, 16)
+        assert tuple(layer.scale) == pytest.approx((task.output_pixel_size_um,) * 2)
+        np.testing.assert_array_equal(layer.data, expected[key][..., 0])
+    assert widget.last_layers[0].metadata["unit"] == "rad" and widget.last_layers[2].metadata["unit"] == ""
+    assert (widget.last_layers[1].data >= 0).all()
+    assert widget.progress.value == widget.progress.max
+
+
+def test_cancel_stops_a_long_run_within_one_chunk_and_adds_nothing(tiny_run, pair, qtbot):
+    widget = _widget(qtbot, ViewerModel(), tiny_run, pair, steps=100_000)
+    checks = []
+    check = widget._check_cancel
+
+    def counted():
+        checks.append(widget._cancel.is_set())
+        check()
+
+    widget._check_cancel = counted
+    done = []
+    widget._relay.progress.connect(lambda *_: done.append(1))
+    widget.start()
+    qtbot.waitUntil(lambda: bool(done), timeout=WAIT_MS)  # the first chunk is through
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+    assert checks.count(True) == 1  # the chunk running at Cancel finished, the next check raised
+    assert checks.count(False) < 100_000 // 5  # far from the end
+    assert "cancelled" in widget.status.value and widget.last_layers == []
+    assert [layer.name for layer in widget.viewer.layers] == ["cell"]
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_bad_input_is_reported_in_the_widget(tiny_run, qtbot):
+    """A one-channel image for a QPI model: one error line in the status, no worker error escapes, no layers."""
+    widget = _widget(qtbot, ViewerModel(), tiny_run, np.ones((16, 16), np.float32))
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert widget.status.value.startswith("error: cell: has 1 channel(s), the model needs 2")
+    assert len(widget.viewer.layers) == 1
+
+
+def test_reader_opens_infer_outputs_with_their_pixel_size(tiny_run, qpi, pair, tmp_path):
+    import npe2
+    import tifffile
+
+    from cvdm_tf.inference import infer_paths
+
+    task = qpi[1]
+    io.write_tiff(tmp_path / "in" / "cell.tif", np.moveaxis(pair, 0, -1), pixel_size_um=task.data.pixel_size_um)
+    infer_paths(tiny_run, tmp_path / "in" / "cell.tif", tmp_path / "out", samples=2, steps=2)
+    files = [tmp_path / "out" / f"cell_{key}.tif" for key in ("mean", "std", "schedule")]
+    assert reader.get_reader(str(tmp_path / "in" / "cell.tif")) is None
+    assert reader.get_reader(str(tmp_path / "out" / "cell_preview.png")) is None
+    assert reader.get_reader([str(f) for f in files]) is reader.read_outputs
+
+    manager = npe2.PluginManager.instance()
+    if "cvdm-tf" not in manager._manifests:  # an install without the entry point (not `pip install -e .`)
+        manager.register(npe2.PluginManifest.from_file(MANIFEST))
+    viewer = ViewerModel()
+    viewer.open([str(f) for f in files], plugin="cvdm-tf", stack=False)
+    assert [layer.name for layer in viewer.layers] == ["cell_mean", "cell_std", "cell_schedule"]
+    for layer, file in zip(viewer.layers, files):
+        np.testing.assert_array_equal(layer.data, tifffile.imread(file))
+        assert tuple(layer.scale) == pytest.approx((task.output_pixel_size_um,) * 2)
+
+
+def test_manifest_validates_and_its_commands_import():
+    import npe2
+
+    manifest = npe2.PluginManifest.from_file(MANIFEST)
+    manifest.validate_imports()
+    assert manifest.name == "cvdm-tf"
+    assert [w.display_name for w in manifest.contributions.widgets] == ["Reconstruct (CVDM)"]
+    patterns = manifest.contributions.readers[0].filename_patterns
+    assert all(any(p.endswith(s) for p in patterns) for s in reader.SUFFIXES)
+
+
+def test_plugin_dock_widget_in_a_real_viewer(make_napari_viewer):
+    """Plugins > cvdm-tf > Reconstruct (CVDM): napari builds the widget from the manifest and hands it the viewer."""
+    import npe2
+
+    manager = npe2.PluginManager.instance()
+    if "cvdm-tf" not in manager._manifests:
+        manager.register(npe2.PluginManifest.from_file(MANIFEST))
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("cvdm-tf", "Reconstruct (CVDM)")
+    assert isinstance(widget, ReconstructWidget)
+    assert getattr(widget.viewer, "__wrapped__", widget.viewer) is viewer  # napari hands plugins a proxy
+
+
+def test_readme_screenshot(tiny_run, tmp_path, qtbot):
+    """scripts/napari_screenshot.py (the README's picture) runs headless and draws the widget after a run."""
+    from PIL import Image
+
+    path = _script().screenshot(tmp_path / "widget.png", model=str(tiny_run), size=16, samples=2, steps=2)
+    image = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
+    assert image.shape[0] > 200 and image.shape[1] > 300
+    assert image.std() > 10  # drawn controls, not a blank image
