@@ -17,6 +17,7 @@ markdown file with a table per structure and the paper's Table 1 beside it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -72,6 +73,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="seed of the held-out cells")
     parser.add_argument("--data", help="also evaluate on these BioSR files (a BioSR folder or wf/ + gt/ pairs)")
     parser.add_argument("--out", help="markdown file to write (e.g. docs/results-biosr.md)")
+    parser.add_argument("--json", help="write the mean scores over all held-out cells here (method -> metric)")
     args = parser.parse_args(argv)
 
     runs = [load_run(path) for path in args.model]
@@ -81,6 +83,7 @@ def main(argv=None):
     if args.data:
         sets[f"BioSR files ({args.data})"] = task.eval_cases(args.data, "none", 0)
 
+    summary = {}
     lines = [f"# BioSR: CVDM and baselines\n\n`python benchmarks/biosr_table.py {' '.join(argv or sys.argv[1:])}`\n"]
     for title, cases in sets.items():
         scores = {}  # method -> list of (group, score)
@@ -120,6 +123,8 @@ def main(argv=None):
             for name, rows in scores.items():
                 chosen = pick(rows)
                 mean = {k: float(np.nanmean([s[k] for s in chosen])) for k in chosen[0]}
+                if group == "all" and title.startswith("held-out"):
+                    summary[name] = mean
                 lines.append(f"| {name} | {mean['mae']:.4f} | {mean['psnr']:.2f} | {mean['ssim']:.4f} | "
                              f"{mean['ms_ssim']:.4f} | {mean['resolution_nm']:.0f} |")
             wide = np.nanmean([r for g, r in widefield_res if group in (g, "all")])
@@ -134,6 +139,8 @@ def main(argv=None):
     print(text)
     if args.out:
         Path(args.out).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0
 
 

@@ -86,6 +86,8 @@ def _task_names():
     return TASK_NAMES
 
 
+MODEL_HELP = "Run folder of `cvdm-tf train`, or a built-in model builtin:NAME (see `cvdm-tf models`)."
+
 TASK = click.option("--task", default="qpi", show_default=True,
                     help=f"The inverse problem ({', '.join(_task_names())}).")
 
@@ -163,9 +165,16 @@ def apply_task_options(task_name: str, data, values: dict, command_name: str):
 @click.option("--seed", type=int)
 @click.option("--checkpoint-every", type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--precision", type=click.Choice(["float32", "mixed_float16", "mixed_bfloat16"]),
+              help="The U-Nets' compute dtype (train.precision; the schedule and loss stay float32).")
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default="default",
+              show_default=True, help="One device; every local GPU (or logical CPU); or the cluster of TF_CONFIG "
+              "(docs/distributed.md). train.batch_size is the global batch.")
+@click.option("--worker-timeout", type=click.FloatRange(min=2), default=60, show_default=True,
+              help="multiworker: a worker that died fails the run within about this many seconds.")
 @command
 def train(task, config_path, data, out, steps, batch_size, image_size, schedule, kind, seed, checkpoint_every,
-          resume):
+          resume, precision, strategy, worker_timeout):
     """Train a CVDM. With no option: the QPI task on the images embedded in scikit-image; `--task biosr`:
     super-resolution microscopy on simulated fluorescence structures (or `--data` a BioSR folder).
 
@@ -186,7 +195,7 @@ def train(task, config_path, data, out, steps, batch_size, image_size, schedule,
             raise InputError("--resume needs --out RUN_FOLDER (the run to continue)")
         fixed = [name for name, value in (("--config", config_path), ("--data", data), ("--batch-size", batch_size),
                                           ("--image-size", image_size), ("--schedule", schedule), ("--kind", kind),
-                                          ("--seed", seed))
+                                          ("--seed", seed), ("--precision", precision))
                  if value is not None]
         if fixed:
             raise InputError(f"{', '.join(fixed)}: a resumed run keeps its own config.toml (only --steps and "
@@ -199,7 +208,7 @@ def train(task, config_path, data, out, steps, batch_size, image_size, schedule,
         if task_given and config.task != task:
             raise InputError(f"{config_path}: config is for task {config.task!r}, not {task!r} (drop --task)")
     changes = {
-        "train": {k: v for k, v in dict(steps=steps, batch_size=batch_size, seed=seed,
+        "train": {k: v for k, v in dict(steps=steps, batch_size=batch_size, seed=seed, precision=precision,
                                         checkpoint_every=checkpoint_every).items() if v is not None},
         "data": {k: v for k, v in dict(source=data, image_size=image_size).items() if v is not None},
         "model": {k: v for k, v in dict(schedule=schedule, kind=kind).items() if v is not None},
@@ -209,8 +218,10 @@ def train(task, config_path, data, out, steps, batch_size, image_size, schedule,
     except InputError as err:
         raise InputError(f"option: {err}") from None
     out = Path(out) if out else Path("runs") / f"{config.task}-{datetime.now():%Y%m%d-%H%M%S}"
+    from cvdm_tf.distribute import make_strategy
+
     try:
-        run_training(config, out, resume=resume)
+        run_training(config, out, resume=resume, strategy=make_strategy(strategy, worker_timeout))
     except TrainingError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
@@ -245,7 +256,7 @@ def simulate(task, input_path, out, noise, seed, task_values):
 
 
 @main.command()
-@click.option("--model", "run_dir", required=True, type=click.Path(), help="Run folder of `cvdm-tf train`.")
+@click.option("--model", "run_dir", required=True, type=click.Path(), help=MODEL_HELP)
 @click.option("--input", "input_path", required=True, type=click.Path(),
               help="Raw measurement(s): an image/stack file or a folder (recursive). QPI: the H x W x 2 pair.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
@@ -264,11 +275,11 @@ def simulate(task, input_path, out, noise, seed, task_values):
 def infer(run_dir, input_path, out, samples, steps, method, seed, batch_size, tile, task, task_values):
     """Reconstruct: NAME_mean.tif, NAME_std.tif (uncertainty), NAME_schedule.tif, NAME_preview.png per image."""
     from cvdm_tf.inference import infer_paths
-    from cvdm_tf.runs import run_config
+    from cvdm_tf.runs import model_config
 
     reader_options = {}
     if task or any(value is not None for value in task_values.values()):
-        config = run_config(run_dir)
+        config = model_config(run_dir)
         if task and config.task != task:
             raise InputError(f"{run_dir}: the model was trained for task {config.task!r}, not {task!r}")
         _, _, reader_options = apply_task_options(config.task, config.data, task_values, "infer")
@@ -304,11 +315,29 @@ def reference_phase(input_path, out, z_step, order, planes, focus_plane, wavelen
     click.echo(f"{used}; wrote {phase_path} and {residual_path}")
 
 
+# === models ===
+
+
+@main.command()
+@click.argument("name", required=False)
+def models(name):
+    """List the built-in models (`--model builtin:NAME`) with their cards: how each was trained, on what, and what
+    it scores on its task's held-out benchmark."""
+    from cvdm_tf import builtin
+
+    try:
+        chosen = [name] if name else builtin.names()
+        click.echo("\n\n".join(builtin.describe(n) for n in chosen) or "no built-in models in this install")
+    except InputError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
 # === export ===
 
 
 @main.command()
-@click.option("--model", "run_dir", required=True, type=click.Path(), help="Run folder of `cvdm-tf train`.")
+@click.option("--model", "run_dir", required=True, type=click.Path(), help=MODEL_HELP)
 @click.option("--out", required=True, type=click.Path(), help="SavedModel folder to create (absent or empty).")
 @click.option("--steps", type=int, help="Sampling steps T of serving_default (default: the run's sampler.steps).")
 @click.option("--samples", type=int, help="Samples K of serving_default (default: the run's sampler.samples).")
@@ -325,7 +354,7 @@ def export(run_dir, out, steps, samples):
 
 
 @main.command(name="eval")
-@click.option("--model", "run_dir", required=True, type=click.Path(), help="Run folder of `cvdm-tf train`.")
+@click.option("--model", "run_dir", required=True, type=click.Path(), help=MODEL_HELP)
 @click.option("--task", help="The run's task (checked against the run; default: the run's).")
 @click.option("--data", "data_path", required=True, type=click.Path(),
               help="What to evaluate on: QPI ground-truth phase images; BioSR a BioSR folder, wf/ + gt/ TIFF "

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from cvdm_tf import io
+from cvdm_tf import builtin, io
 from cvdm_tf.config import Config, load_config
 from cvdm_tf.errors import InputError
 from cvdm_tf.model import build_model, make_optimizer
@@ -61,17 +61,22 @@ def resolve_config(config: Config) -> Config:
 
 
 def load_run(run_dir, use_ema: bool = True):
-    """(config, task, model) of a run folder, restored from its last checkpoint, EMA weights swapped in."""
+    """(config, task, model) of a run folder, restored from its last checkpoint, EMA weights swapped in; or of a
+    built-in model (`builtin:NAME`, its shipped EMA weights)."""
+    if builtin.is_builtin(run_dir):
+        return builtin.load(run_dir)
     run_dir = Path(run_dir)
     config_path = run_dir / "config.toml"
     if not run_dir.is_dir() or not config_path.is_file():
-        raise InputError(f"{run_dir}: not a run folder (no config.toml; pass the --out folder of `cvdm-tf train`)")
+        raise InputError(f"{run_dir}: not a run folder (no config.toml; pass the --out folder of `cvdm-tf train`, "
+                         f"or a built-in model: {', '.join(builtin.PREFIX + n for n in builtin.names())})")
     config = load_config(config_path)
     model, optimizer, checkpoint = build_for_checkpoint(config)
     latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
     if latest is None:
         raise InputError(f"{run_dir}: run folder has no checkpoint yet")
     checkpoint.read(latest).expect_partial()
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # mixed_float16: the loss scale's Adam
     if use_ema and optimizer.use_ema:
         optimizer.finalize_variable_values(model.trainable_variables)
     return config, make_task(config.task, config.data), model
@@ -87,6 +92,16 @@ def build_for_checkpoint(config: Config):
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, rng=model.seed_generator.state.value,
                                      metrics=trackers)
     return model, optimizer, checkpoint
+
+
+def model_config(spec) -> Config:
+    """The config of a `--model` value: a run folder's config.toml or a built-in model's."""
+    if builtin.is_builtin(spec):
+        return load_config(builtin.folder(spec) / "config.toml")
+    if not (Path(spec) / "config.toml").is_file():
+        raise InputError(f"{spec}: not a run folder (no config.toml; pass the --out folder of `cvdm-tf train`, or "
+                         f"a built-in model: {', '.join(builtin.PREFIX + n for n in builtin.names())})")
+    return load_config(Path(spec) / "config.toml")
 
 
 def run_config(run_dir) -> Config:
