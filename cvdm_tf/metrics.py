@@ -469,3 +469,36 @@ def uncertainty_correlations(std_map, schedule_map, prediction, truth):
         "std_vs_error": rank_correlation(std_map, error),
         "schedule_vs_error": rank_correlation(schedule_map, error),
     }
+
+
+# === Calibration of the uncertainty map ===
+
+
+def calibration(std_map, error, samples: int, seed: int = 0) -> dict:
+    """How well a std map over K samples describes the error of their mean, pixel by pixel.
+
+    If the K samples were exact draws from the posterior, with pixel-wise std sigma, the truth would be one more
+    draw: truth - mean ~ N(0, sigma^2 (1 + 1/K)) for a Gaussian posterior. So a calibrated model puts 68.3% of
+    the pixels within 1 sigma_K = std * sqrt(1 + 1/K) of the truth and 95.4% within 2 (a bit less with the std
+    itself estimated from K samples). And even a perfectly calibrated std map ranks the pixels by |error| only as
+    well as the spread of sigma allows: where sigma barely varies, |error| is ordered by the noise of a single
+    draw. `std_vs_error_ceiling` is that bound, measured by drawing such an error from the std map itself.
+
+    Args:
+        std_map: array. Pixel-wise std over the K samples (units of `error`).
+        error: array, same shape. Signed error of the mean of the samples (estimate - truth).
+        samples: int. K.
+        seed: int. Seed of the simulated calibrated error.
+
+    Returns:
+        dict: `within_1_std` and `within_2_std` (fractions of pixels; 0.683 / 0.954 when calibrated) and
+        `std_vs_error_ceiling` (Spearman's rho of the std map with the |error| of a calibrated model).
+    """
+    std = np.asarray(std_map, dtype=np.float64)
+    error = np.abs(np.asarray(error, dtype=np.float64))
+    if std.shape != error.shape:
+        raise InputError(f"std map and error differ in shape: {std.shape} vs {error.shape}")
+    sigma = std * np.sqrt(1.0 + 1.0 / samples)
+    simulated = np.abs(np.random.default_rng(seed).normal(size=std.shape)) * sigma
+    return {"within_1_std": float(np.mean(error <= sigma)), "within_2_std": float(np.mean(error <= 2 * sigma)),
+            "std_vs_error_ceiling": rank_correlation(std, simulated)}

@@ -35,12 +35,27 @@ SOFTPLUS_INV_1 = math.log(math.e - 1.0)  # softplus(SOFTPLUS_INV_1) = 1
 
 
 @keras.saving.register_keras_serializable(package="cvdm_tf")
+class NonNegDense(layers.Dense):
+    """A Dense layer whose effective kernel is |W|: non-negative by reparametrisation, not by a constraint.
+
+    A constraint (`keras.constraints.NonNeg`) projects the weights after each update, but Keras 3 updates the EMA
+    before it applies constraints, so the averaged weights the sampler uses can leave the non-negative set (a
+    weight held at 0 by the constraint had EMA -3e-4). With |W| every weight vector, averaged or not, gives a
+    non-negative kernel. Weights saved with the constraint (all >= 0) load unchanged.
+    """
+
+    def call(self, inputs):
+        outputs = keras.ops.matmul(inputs, keras.ops.abs(self.kernel))
+        return outputs + self.bias if self.use_bias else outputs
+
+
+@keras.saving.register_keras_serializable(package="cvdm_tf")
 class MonotoneNet(layers.Layer):
     """f: [B, 1] -> [B, 1], positive and non-decreasing in t by construction.
 
     linear -> sigmoid -> linear, with a skip connection from the first linear layer to the output, then softplus.
-    All kernels are non-negative (initialised so and kept so by `keras.constraints.NonNeg` after each update), and
-    every activation is monotone, so the composition is non-decreasing: no penalty is needed for monotonicity.
+    All kernels are non-negative (`NonNegDense`: |W|, so the EMA weights are too), and every activation is
+    monotone, so the composition is non-decreasing: no penalty is needed for monotonicity.
 
     Args:
         units: int. Width of the hidden layer.
@@ -51,16 +66,13 @@ class MonotoneNet(layers.Layer):
         super().__init__(**kwargs)
         self.units = units
         self.output_bias = output_bias
-        non_negative = dict(
-            kernel_constraint=keras.constraints.NonNeg(),
-            kernel_initializer=keras.initializers.RandomUniform(0.0, 0.1),
-        )
+        non_negative = dict(kernel_initializer=keras.initializers.RandomUniform(0.0, 0.1))
         dtype = self.dtype_policy
-        self.hidden = layers.Dense(units, name="hidden", dtype=dtype, **non_negative)
-        self.out = layers.Dense(
+        self.hidden = NonNegDense(units, name="hidden", dtype=dtype, **non_negative)
+        self.out = NonNegDense(
             1, name="out", bias_initializer=keras.initializers.Constant(output_bias), dtype=dtype, **non_negative
         )
-        self.skip = layers.Dense(1, use_bias=False, name="skip", dtype=dtype, **non_negative)
+        self.skip = NonNegDense(1, use_bias=False, name="skip", dtype=dtype, **non_negative)
 
     def build(self, input_shape):
         self.hidden.build(input_shape)

@@ -289,6 +289,11 @@ class BioSRTask(Task):
         normalize = lambda v: biosr_files.percentile_normalize(np.asarray(v, np.float64), 0.0, 100.0)[0]  # noqa
         return normalize(estimate), normalize(truth)
 
+    def centre_spread(self, std, estimate):
+        """`centre` divides the estimate by its percentile range: so does its std."""
+        _, (_, scale) = biosr_files.percentile_normalize(np.asarray(estimate, np.float64), 0.0, 100.0)
+        return np.asarray(std, np.float64) / scale
+
 
 class BicubicBaseline(Baseline):
     name = "bicubic"
