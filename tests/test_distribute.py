@@ -206,10 +206,8 @@ def test_a_batch_that_does_not_split_over_the_replicas_is_a_user_error():
 # === Mixed precision ===
 
 
-@pytest.mark.parametrize("precision, tolerance", [("mixed_float16", 0.02), ("mixed_bfloat16", 0.05)])
-def test_mixed_precision_steps_stay_finite_and_close_to_float32(precision, tolerance):
-    """Three steps from the same weights and batches: every loss term finite and within `tolerance` (relative) of
-    float32 (float16 has 11 significant bits, bfloat16 8; the schedule terms are float32 in both)."""
+def _three_steps(precision: str) -> dict:
+    """The loss terms after three steps from the same weights and batches, U-Nets in `precision`."""
     import keras
     import tensorflow as tf
 
@@ -217,21 +215,33 @@ def test_mixed_precision_steps_stay_finite_and_close_to_float32(precision, toler
     from cvdm_tf.model import build_model, make_optimizer
     from cvdm_tf.runs import resolve_config
 
-    logs = {}
-    for kind in ("float32", precision):
-        config = resolve_config(tiny_qpi_config(train={"precision": kind, "learning_rate": 1e-3}))
-        rng = np.random.default_rng(0)
-        y = rng.normal(size=(4, 16, 16, config.model.condition_channels)).astype("float32")
-        x = np.tanh(y[..., :1]).astype("float32")
-        seeds = rng.integers(0, 2**31, size=(4, 2))
-        keras.utils.set_random_seed(0)
-        model = build_model(config)
-        model.compile(optimizer=make_optimizer(config.train))
-        assert model.denoiser.compute_dtype == kind.replace("mixed_", "")
-        step = tf.function(model.train_step)
-        for _ in range(3):
-            out = step((y, x, seeds))
-        logs[kind] = {k: float(v) for k, v in out.items()}
+    config = resolve_config(tiny_qpi_config(train={"precision": precision, "learning_rate": 1e-3}))
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(4, 16, 16, config.model.condition_channels)).astype("float32")
+    x = np.tanh(y[..., :1]).astype("float32")
+    seeds = rng.integers(0, 2**31, size=(4, 2))
+    keras.utils.set_random_seed(0)
+    model = build_model(config)
+    model.compile(optimizer=make_optimizer(config.train))
+    assert model.denoiser.compute_dtype == precision.replace("mixed_", "")
+    step = tf.function(model.train_step)
+    for _ in range(3):
+        out = step((y, x, seeds))
+    return {k: float(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def float32_steps():
+    return _three_steps("float32")
+
+
+@pytest.mark.parametrize("precision, tolerance", [("mixed_float16", 0.02), ("mixed_bfloat16", 0.05)])
+def test_mixed_precision_steps_stay_finite_and_close_to_float32(precision, tolerance, float32_steps):
+    """Three steps from the same weights and batches: every loss term finite and within `tolerance` (relative) of
+    float32 (float16 has 11 significant bits, bfloat16 8; the schedule terms are float32 in both)."""
+    import keras
+
+    logs = {"float32": float32_steps, precision: _three_steps(precision)}
     assert keras.config.dtype_policy().name == "float32"  # the policy was only for the U-Nets
     for name, value in logs[precision].items():
         assert np.isfinite(value), name
