@@ -47,6 +47,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--sampler", choices=["ddpm", "ddim"], help="default: the run's")
     parser.add_argument("--discretisation", choices=["exact", "paper"], help="default: the run's")
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], help="the denoiser's compute dtype "
+                        "while sampling (default: the run's)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
@@ -55,10 +57,12 @@ def main(argv=None):
     d = config.data
     physics = dict(defocus_um=d.defocus_um, wavelength_um=d.wavelength_um, pixel_size_um=d.pixel_size_um)
     truths = cell_phantoms(args.images, args.size, seed=args.seed, peak=d.phase_max * 0.85)
+    method = args.sampler or config.sampler.method
+    precision = args.precision or config.sampler.precision
     sampler = Sampler(model, discretisation=args.discretisation or config.sampler.discretisation,
-                      grid=config.sampler.grid)
+                      grid=config.sampler.grid, precision=precision)
     results = {"model": args.model, "images": args.images, "size": args.size, "samples": args.samples,
-               "steps": steps, "sampler": config.sampler.method, "noise": {}}
+               "steps": steps, "sampler": method, "precision": precision, "noise": {}}
 
     for noise in ("paper", "none"):
         clean = task.measure(tf.constant(np.stack(truths)))
@@ -74,7 +78,7 @@ def main(argv=None):
             tie_input = task.denormalize_target(y[..., -1:]).numpy()[..., 0]
             row["TIE channel (model input)"] = dict(zip(("mae", "ms_ssim"), offset_free_scores(tie_input, truths)))
         began, cpu = time.perf_counter(), time.process_time()
-        out = sampler(y, steps=steps, samples=args.samples, seed=args.seed, method=args.sampler or config.sampler.method)
+        out = sampler(y, steps=steps, samples=args.samples, seed=args.seed, method=method)
         wall, cpu = time.perf_counter() - began, time.process_time() - cpu
         estimates = task.denormalize_target(out["mean"]).numpy()[..., 0]
         scores = dict(zip(("mae", "ms_ssim"), offset_free_scores(estimates, truths)))
@@ -83,7 +87,7 @@ def main(argv=None):
         results["noise"][noise] = row
 
     print(f"\n{args.images} cell phantoms, {args.size} px, offset-free; CVDM: {args.samples} samples, {steps} "
-          f"{config.sampler.method} steps, {args.discretisation or config.sampler.discretisation} discretisation; TIE regularisation tuned on the test images (oracle)\n")
+          f"{method} steps, {args.discretisation or config.sampler.discretisation} discretisation, {precision}; TIE regularisation tuned on the test images (oracle)\n")
     print("| method | MAE noisy (rad) | MS-SSIM noisy | MAE noise-free (rad) | MS-SSIM noise-free |")
     print("|---|---|---|---|---|")
     for method in results["noise"]["paper"]:

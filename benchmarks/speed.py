@@ -3,21 +3,26 @@
     python benchmarks/speed.py [--repeats 3] [--steps 200] [--json benchmarks/speed.json]
     python benchmarks/speed.py --config configs/qpi-reference.toml   # another config (e.g. the reference's size)
     python benchmarks/speed.py --xla                                # also with XLA (jit_compile) and without
+    python benchmarks/speed.py --bfloat16                           # also in bfloat16 (training and sampling)
 
 Measures (minimum and median of --repeats runs, wall and CPU seconds, since a shared machine is noisy):
-- ms per training step (64 x 64, batch 8, default config);
-- seconds per sampled image at 64 x 64 and 256 x 256, T steps, K = 1 and K = 8 samples per condition;
+- ms per training step (64 x 64, batch 8 or --train-batch, default config);
+- seconds per sampled image at 64 x 64 and 256 x 256 (--sizes), T steps, K = 1 and K = 8 (--k) samples per
+  condition;
 - one denoiser forward pass on the same batch, so the sampler's cost can be compared to T x forward
   (the sampler's overhead beyond the denoiser is the time networks and the update arithmetic per step);
 - peak resident memory of the process;
 - with --xla: the training step and the sampler compiled with XLA (tf.function(jit_compile=True)) next to the
-  plain graphs, on the same inputs.
+  plain graphs, on the same inputs;
+- with --bfloat16: the training step with `train.precision = "mixed_bfloat16"` and the sampler with
+  `sampler.precision = "bfloat16"` (the same weights' denoiser computing in bfloat16), on the same inputs.
 The parameter counts of the networks are printed first.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -57,6 +62,9 @@ def main(argv=None):
     parser.add_argument("--json")
     parser.add_argument("--config", help="TOML config (default: configs/qpi.toml)")
     parser.add_argument("--xla", action="store_true", help="also time the XLA-compiled train step and sampler")
+    parser.add_argument("--bfloat16", action="store_true", help="also time training and sampling in bfloat16")
+    parser.add_argument("--k", default="1,8", help="samples per condition K to time (comma-separated)")
+    parser.add_argument("--train-batch", type=int, default=8, help="batch of the timed training step")
     args = parser.parse_args(argv)
 
     config = resolve_config(load_config(args.config) if args.config else default_config("qpi"))
@@ -70,8 +78,9 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     rows = []
 
-    y = tf.constant(rng.normal(size=(8, 64, 64, channels)), tf.float32)
-    x = tf.constant(rng.uniform(-1, 1, (8, 64, 64, 1)), tf.float32)
+    batch = args.train_batch
+    y = tf.constant(rng.normal(size=(batch, 64, 64, channels)), tf.float32)
+    x = tf.constant(rng.uniform(-1, 1, (batch, 64, 64, 1)), tf.float32)
     step = tf.function(model.train_step)
 
     def train():
@@ -79,17 +88,29 @@ def main(argv=None):
             step((y, x))
 
     t = timed(train, args.repeats)
-    rows.append(("train step, 64x64, batch 8", "ms/step", {k: 1000 * v / args.train_steps for k, v in t.items()}))
+    rows.append((f"train step, 64x64, batch {batch}", "ms/step", {k: 1000 * v / args.train_steps for k, v in t.items()}))
+    if args.bfloat16:
+        low = build_model(config.replace(train={"precision": "mixed_bfloat16"}))
+        low.compile(optimizer=make_optimizer(config.train))
+        step_low = tf.function(low.train_step)
+
+        def train_low():
+            for _ in range(args.train_steps):
+                step_low((y, x))
+
+        t = timed(train_low, args.repeats)
+        rows.append((f"train step, 64x64, batch {batch}, mixed_bfloat16", "ms/step",
+                     {k: 1000 * v / args.train_steps for k, v in t.items()}))
     if args.xla:
         step = tf.function(model.train_step, jit_compile=True)
         t = timed(train, args.repeats)
-        rows.append(("train step, 64x64, batch 8, XLA", "ms/step",
+        rows.append((f"train step, 64x64, batch {batch}, XLA", "ms/step",
                      {k: 1000 * v / args.train_steps for k, v in t.items()}))
 
     sampler = sampler_for(model, config.sampler)
     for size in (int(s) for s in args.sizes.split(",")):
         condition = tf.constant(rng.normal(size=(1, size, size, channels)), tf.float32)
-        for samples in (1, 8):
+        for samples in (int(k) for k in args.k.split(",")):
             z = tf.zeros([samples, size, size, 1])
             forward = tf.function(lambda: model((z, tf.repeat(condition, samples, 0), z + 0.5)))
             f = timed(forward, args.repeats)
@@ -97,6 +118,11 @@ def main(argv=None):
             s = timed(lambda: sampler(condition, steps=args.steps, samples=samples), args.repeats,
                       warm_up=lambda: sampler(condition, steps=2, samples=samples))
             rows.append((f"sample {size}x{size}, T={args.steps}, K={samples}", "s/image", s))
+            if args.bfloat16:
+                low_sampler = sampler_for(model, dataclasses.replace(config.sampler, precision="bfloat16"))
+                s = timed(lambda: low_sampler(condition, steps=args.steps, samples=samples), args.repeats,
+                          warm_up=lambda: low_sampler(condition, steps=2, samples=samples))
+                rows.append((f"sample {size}x{size}, T={args.steps}, K={samples}, bfloat16", "s/image", s))
             if args.xla:  # XLA compiles per shape: the same shapes as above, one compilation in the warm-up
                 xla = tf.function(sampler._sample, jit_compile=True)
 

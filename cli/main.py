@@ -269,10 +269,13 @@ def simulate(task, input_path, out, noise, seed, task_values):
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per batch.")
 @click.option("--tile", type=click.IntRange(min=1), default=256, show_default=True,
               help="Images larger than this are processed in overlapping, blended tiles.")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]),
+              help="The denoiser's compute dtype while sampling (default: the run's sampler.precision; bfloat16 "
+                   "halves the time on CPUs with AVX512_BF16/AMX).")
 @click.option("--task", help="The run's task (checked against the run; default: the run's).")
 @task_options("infer")
 @command
-def infer(run_dir, input_path, out, samples, steps, method, seed, batch_size, tile, task, task_values):
+def infer(run_dir, input_path, out, samples, steps, method, seed, batch_size, tile, precision, task, task_values):
     """Reconstruct: NAME_mean.tif, NAME_std.tif (uncertainty), NAME_schedule.tif, NAME_preview.png per image."""
     from cvdm_tf.inference import infer_paths
     from cvdm_tf.runs import model_config
@@ -284,7 +287,7 @@ def infer(run_dir, input_path, out, samples, steps, method, seed, batch_size, ti
             raise InputError(f"{run_dir}: the model was trained for task {config.task!r}, not {task!r}")
         _, _, reader_options = apply_task_options(config.task, config.data, task_values, "infer")
     report = infer_paths(run_dir, input_path, out, samples=samples, steps=steps, method=method, seed=seed,
-                         batch_size=batch_size, tile=tile, reader_options=reader_options)
+                         batch_size=batch_size, tile=tile, reader_options=reader_options, precision=precision)
     if report.failed:  # each already reported as `error: PATH: problem`; the good files are complete
         sys.exit(EXIT_USER_ERROR)
 
@@ -370,11 +373,14 @@ def export(run_dir, out, steps, samples):
               help="Another run of the task to score alike (repeatable): e.g. the regression U-Net of "
                    "`cvdm-tf train --kind regression`, or a CDDPM of `--schedule linear`.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]),
+              help="The denoiser's compute dtype while sampling (default: the run's sampler.precision; bfloat16 "
+                   "halves the time on CPUs with AVX512_BF16/AMX).")
 @click.option("--out", "report_path", required=True, type=click.Path(dir_okay=False), help="JSON report to write.")
 @task_options("eval")
 @command
-def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, compare_runs, seed, report_path,
-          task_values):
+def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, compare_runs, seed, precision,
+          report_path, task_values):
     """Reconstruct measurements with the model and the task's baselines, score them all (MAE, PSNR, SSIM,
     MS-SSIM and the task's own metrics)."""
     import dataclasses
@@ -387,6 +393,8 @@ def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, co
     config, task_object, model = load_run(run_dir)
     if task and config.task != task:
         raise InputError(f"{run_dir}: the model was trained for task {config.task!r}, not {task!r}")
+    if precision:
+        config = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler, precision=precision))
     data, baseline_options, reader_options = apply_task_options(config.task, config.data, task_values, "eval")
     if data != config.data:
         config = dataclasses.replace(config, data=data)

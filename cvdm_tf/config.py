@@ -74,9 +74,13 @@ class ModelConfig:
     # The target itself lies in [-target_range, target_range] (BioSR: percentile-normalised, clipped to [-1, 1]):
     # each sample is clipped there after the mean is added back. 0 = no such bound (QPI's phase has none).
     target_range: float = 0.0
+    # The learned schedule's free scale (tau, rho, lambda) -> (c tau, rho / c, lambda / c): "free" (the paper's),
+    # or "unit": rho(1) = 1, so tau(y) is the schedule magnitude tau * rho(1) itself.
+    gauge: str = "free"
 
     def __post_init__(self):
         check_choice("model.kind", self.kind, ("cvdm", "regression"))
+        check_choice("model.gauge", self.gauge, ("free", "unit"))
         check_choice("model.schedule", self.schedule, SCHEDULES)
         check_choice("model.denoiser", self.denoiser, DENOISERS)
         check_choice("model.norm", self.norm, NORMS)
@@ -100,10 +104,18 @@ class LossConfig:
 
     w: float = 2.0
     alpha: float = 1e-3
+    # L_beta's residual: "paper" ||d gamma/dt + beta gamma||^2, whose weight gamma^2 vanishes late in t, or
+    # "relative" ||d log gamma/dt + beta||^2 = ||tau (lambda - rho')||^2, the same equation divided by gamma.
+    consistency: str = "paper"
+    # How a batch draws its t: "uniform" (i.i.d.) or "stratified" (VDM's low-discrepancy draw: t_b = u + b / B
+    # mod 1 over the B examples of a replica's batch, one u per batch).
+    t_sampling: str = "uniform"
 
     def __post_init__(self):
         for name in ("w", "alpha"):
             check_non_negative(f"loss.{name}", getattr(self, name))
+        check_choice("loss.consistency", self.consistency, ("paper", "relative"))
+        check_choice("loss.t_sampling", self.t_sampling, ("uniform", "stratified"))
 
 
 @dataclass(frozen=True)
@@ -147,12 +159,14 @@ class SamplerConfig:
 
     DISCRETISATIONS: typing.ClassVar[tuple] = ("exact", "paper")  # gbar_i = gamma(t_i, y) | eq. 10
     GRIDS: typing.ClassVar[tuple] = ("uniform", "log-snr")  # t_i = i / T | uniform in log-SNR
+    PRECISIONS: typing.ClassVar[tuple] = ("float32", "bfloat16")  # the denoiser's compute dtype when sampling
 
     steps: int = 200
     samples: int = 4
     method: str = "ddpm"
     discretisation: str = "exact"
     grid: str = "uniform"
+    precision: str = "float32"
 
     def __post_init__(self):
         check_positive("sampler.steps", self.steps)
@@ -160,6 +174,7 @@ class SamplerConfig:
         check_choice("sampler.method", self.method, SAMPLERS)
         check_choice("sampler.discretisation", self.discretisation, self.DISCRETISATIONS)
         check_choice("sampler.grid", self.grid, self.GRIDS)
+        check_choice("sampler.precision", self.precision, self.PRECISIONS)
 
 
 def _default_data():

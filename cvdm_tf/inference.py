@@ -26,6 +26,7 @@ A file that fails is reported and skipped; the others are finished (`InferReport
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ class InferReport:
 
 def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | None = None,
                 method: str | None = None, seed: int = 0, batch_size: int = 4, tile: int = 256,
-                progress=None, reader_options: dict | None = None) -> InferReport:
+                progress=None, reader_options: dict | None = None, precision: str | None = None) -> InferReport:
     """Reconstruct every image of `input_path` (a file or a folder) with the run in `run_dir` into `out_dir`.
 
     Args:
@@ -82,6 +83,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
         tile: int. Largest side sampled in one piece; larger images are tiled.
         progress: InferProgress or None (a new one on stderr).
         reader_options: dict. The task's reader options (QPI: a z-stack's z_step_um, defocus_um, focus).
+        precision: "float32", "bfloat16" or None (the run's `sampler.precision`): the denoiser's compute dtype.
 
     Returns:
         InferReport. Bad files are listed in `failed` (also reported through `progress.error`), not raised.
@@ -104,7 +106,8 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
     multiple = model.model_config.size_multiple
     if tile < multiple:
         raise InputError(f"--tile: must be at least the model's size multiple {multiple}, got {tile}")
-    sampler = sampler_for(model, config.sampler)  # one compiled graph for every file and tile
+    sampler_config = dataclasses.replace(config.sampler, precision=precision or config.sampler.precision)
+    sampler = sampler_for(model, sampler_config)  # one compiled graph for every file and tile
     progress = progress or InferProgress(len(files))
     report = InferReport(out_dir=out_dir, files=len(files))
     used: set[str] = set()

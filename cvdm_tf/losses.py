@@ -5,6 +5,7 @@
     paper        code                 what it is
     L_diff       diffusion_loss       || eps - eps_hat(z_t, y, gamma) ||^2
     L_beta       consistency_loss     || d gamma/dt + beta gamma ||^2 + || gamma(t_0) - 1 ||^2 + || gamma(t_1) ||^2
+                 relative_consistency_loss   the same with || d log gamma/dt + beta ||^2 (option loss.consistency)
     L_prior      prior_loss           KL( N(sqrt(gamma_1) x, 1 - gamma_1) || N(0, 1) )
     L_gamma      smoothness_loss      || d^2 gamma / dt^2 ||^2
 
@@ -27,6 +28,18 @@ def diffusion_loss(eps, eps_hat):
 def consistency_loss(dgamma_dt, beta, gamma, gamma_start, gamma_end):
     """L_beta: the Deep-Galerkin residual of eq. 4, d gamma/dt = -beta gamma, plus the two boundary conditions."""
     residual = tf.reduce_mean(tf.square(dgamma_dt + beta * gamma))
+    start = tf.reduce_mean(tf.square(gamma_start - 1.0))
+    end = tf.reduce_mean(tf.square(gamma_end))
+    return residual + start + end
+
+
+def relative_consistency_loss(dlog_gamma_dt, beta, gamma_start, gamma_end):
+    """L_beta with the residual of eq. 4 divided by gamma: d log gamma/dt + beta = tau (lambda - rho').
+
+    The paper's residual is gamma times this, so its square weighs t by gamma^2, which vanishes as gamma -> 0 (at
+    initialisation 5e-8 at t = 0.9 of its weight at t = 0.1) and leaves lambda unconstrained late in t; this one
+    weighs every t alike. Same boundary conditions."""
+    residual = tf.reduce_mean(tf.square(dlog_gamma_dt + beta))
     start = tf.reduce_mean(tf.square(gamma_start - 1.0))
     end = tf.reduce_mean(tf.square(gamma_end))
     return residual + start + end
@@ -58,8 +71,9 @@ def total_loss(terms: dict, w: float, alpha: float):
     return total
 
 
-def time_derivatives(schedule, t, tau):
-    """gamma(t, tau), d gamma/dt and d^2 gamma/dt^2, element-wise, exact.
+def time_derivatives(schedule, t, tau, with_log_rate: bool = False):
+    """gamma(t, tau), d gamma/dt and d^2 gamma/dt^2 (and with `with_log_rate` d log gamma/dt = -tau rho'),
+    element-wise, exact.
 
     Separation of variables makes t enter gamma = exp(-tau * rho(t)) only through the per-example scalar rho(t),
     so rho'(t) and rho''(t) are taken by autodiff (nested `tf.GradientTape` on t; the examples of a batch do not
@@ -84,4 +98,6 @@ def time_derivatives(schedule, t, tau):
     gamma = tf.exp(-tau * rho)
     dgamma = -tau * drho * gamma
     d2gamma = (tf.square(tau * drho) - tau * d2rho) * gamma
+    if with_log_rate:
+        return gamma, dgamma, d2gamma, -tau * drho
     return gamma, dgamma, d2gamma

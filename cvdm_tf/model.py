@@ -104,7 +104,7 @@ class CVDM(keras.Model):
         t, eps = self.draw_noise(x0, seeds)
         # 2. The schedule at t, with its time derivatives by autodiff.
         tau = self.schedule.tau(y)
-        gamma, dgamma, d2gamma = losses.time_derivatives(self.schedule, t, tau)
+        gamma, dgamma, d2gamma, dlog_gamma = losses.time_derivatives(self.schedule, t, tau, with_log_rate=True)
         beta = self.schedule.beta(t, tau)
         # 3. Diffuse and predict the noise; gradients reach the schedule through z_t and the gamma input.
         # Both square roots from log gamma: where gamma rounds to 1 (t ~ 0) or underflows to 0 (tau * rho > 87),
@@ -121,7 +121,9 @@ class CVDM(keras.Model):
         log_gamma_1 = self.schedule.log_gamma(ones, tau)
         terms = {
             "diffusion": losses.diffusion_loss(eps, eps_hat),
-            "consistency": losses.consistency_loss(dgamma, beta, gamma, gamma_start, gamma_end),
+            "consistency": (losses.consistency_loss(dgamma, beta, gamma, gamma_start, gamma_end)
+                            if self.loss_config.consistency == "paper"
+                            else losses.relative_consistency_loss(dlog_gamma, beta, gamma_start, gamma_end)),
             "prior": losses.prior_loss(x0, log_gamma_1),
             "smoothness": losses.smoothness_loss(d2gamma),
         }
@@ -130,7 +132,8 @@ class CVDM(keras.Model):
         return terms
 
     def draw_noise(self, x0, seeds=None):
-        """t ~ U[0, 1) [B, 1] and eps ~ N(0, I) like x0, one draw per example.
+        """t ~ U[0, 1) [B, 1] and eps ~ N(0, I) like x0, one draw per example (with `loss.t_sampling =
+        "stratified"`, t_b = t_0 + b / B mod 1: each t still uniform, the batch spread evenly over [0, 1)).
 
         With `seeds` [B, 2] (each example's key, from the data pipeline) the draws are stateless functions of
         the keys: an example gets the same t and eps on whichever replica of a distributed run it lands, and a
@@ -138,15 +141,22 @@ class CVDM(keras.Model):
         """
         if seeds is None:
             t = keras.random.uniform((tf.shape(x0)[0], 1), seed=self.seed_generator)
-            return t, keras.random.normal(tf.shape(x0), seed=self.seed_generator)
-        shape = tf.shape(x0)[1:]
-        fold_in = tf.random.experimental.stateless_fold_in
+            t, eps = t, keras.random.normal(tf.shape(x0), seed=self.seed_generator)
+        else:
+            shape = tf.shape(x0)[1:]
+            fold_in = tf.random.experimental.stateless_fold_in
 
-        def one(seed):
-            return (tf.random.stateless_uniform([1], seed=fold_in(seed, 0)),
-                    tf.random.stateless_normal(shape, seed=fold_in(seed, 1)))
+            def one(seed):
+                return (tf.random.stateless_uniform([1], seed=fold_in(seed, 0)),
+                        tf.random.stateless_normal(shape, seed=fold_in(seed, 1)))
 
-        return tf.map_fn(one, seeds, fn_output_signature=(tf.float32, tf.float32))
+            t, eps = tf.map_fn(one, seeds, fn_output_signature=(tf.float32, tf.float32))
+        if self.loss_config.t_sampling == "stratified":
+            # VDM's low-discrepancy draw: one uniform offset (the first example's draw) and the batch's B strata.
+            batch = tf.shape(t)[0]
+            strata = tf.cast(tf.range(batch), tf.float32)[:, None] / tf.cast(batch, tf.float32)
+            t = tf.math.floormod(t[:1] + strata, 1.0)
+        return t, eps
 
     def train_step(self, data):
         return self.record(*self.replica_train_step(data))
@@ -274,6 +284,23 @@ def dtype_policy(precision: str):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+@contextlib.contextmanager
+def computing_in(network: keras.Model, precision: str):
+    """Run an existing network's layers in `precision` (a Keras dtype policy, e.g. "mixed_bfloat16") while inside:
+    the same float32 variables, cast on use. Sampling traces its graph inside this, so the graph computes the
+    convolutions in bfloat16 without a second copy of the weights (and later weight changes, e.g. the EMA swap,
+    reach it). The layers' own policies are restored on exit."""
+    layers_ = list(network._flatten_layers(include_self=True, recursive=True))
+    saved = [layer.dtype_policy for layer in layers_]
+    try:
+        for layer in layers_:
+            layer.dtype_policy = precision
+        yield network
+    finally:
+        for layer, policy in zip(layers_, saved):
+            layer.dtype_policy = policy
 
 
 @contextlib.contextmanager

@@ -31,7 +31,10 @@ from keras import layers
 
 from cvdm_tf.networks import unet
 
-SOFTPLUS_INV_1 = math.log(math.e - 1.0)  # softplus(SOFTPLUS_INV_1) = 1
+
+def inverse_softplus(y: float) -> float:
+    """x with softplus(x) = y > 0."""
+    return math.log(math.expm1(y))
 
 
 @keras.saving.register_keras_serializable(package="cvdm_tf")
@@ -147,21 +150,34 @@ class _LearnedTime(Schedule):
     t * f(t) with f positive and non-decreasing is increasing for t >= 0 and exactly 0 at t = 0. Both networks
     start at the same constant scale, so rho' ~= lambda at initialisation (eq. 4 nearly holds from step 0),
     with tau * rho(1) = `initial_magnitude`: gamma(1) = exp(-magnitude) starts near 0.
+
+    Gauge: (tau, rho, lambda) -> (c tau, rho / c, lambda / c) changes no loss term, so only tau * rho(1) means
+    anything. "free" (the paper's) leaves c to the optimiser, and tau starts at 1 with rho(1) = initial_magnitude.
+    "unit" fixes it: rho(t) = t f(t) / f(1), so rho(1) = 1 and tau(y) is the magnitude; tau starts at
+    initial_magnitude and lambda at 1.
     """
 
-    def __init__(self, time_units: int = 16, initial_magnitude: float = 10.0, **kwargs):
+    def __init__(self, time_units: int = 16, initial_magnitude: float = 10.0, gauge: str = "free", **kwargs):
         super().__init__(**kwargs)
         self.time_units = time_units
         self.initial_magnitude = initial_magnitude
-        # Output biases chosen so softplus(bias) ~ initial_magnitude while the hidden weights are small.
-        bias = math.log(math.expm1(initial_magnitude))
+        self.gauge = gauge
+        # Output biases chosen so softplus(bias) ~ the starting rho'(t) while the hidden weights are small.
+        bias = inverse_softplus(1.0 if gauge == "unit" else initial_magnitude)
         self.rho_net = MonotoneNet(time_units, output_bias=bias, name="rho_net", dtype=self.dtype_policy)
         self.lambda_net = MonotoneNet(time_units, output_bias=bias, name="lambda_net", dtype=self.dtype_policy)
         self.rho_net.build((None, 1))
         self.lambda_net.build((None, 1))
 
+    @property
+    def tau_start(self) -> float:
+        """The constant tau(y) the schedule starts from."""
+        return self.initial_magnitude if self.gauge == "unit" else 1.0
+
     def rho(self, t):
         t = tf.reshape(tf.cast(t, self.compute_dtype), [-1, 1])
+        if self.gauge == "unit":
+            return t * self.rho_net(t) / self.rho_net(tf.ones([1, 1], t.dtype))
         return t * self.rho_net(t)
 
     def lam(self, t):
@@ -169,7 +185,8 @@ class _LearnedTime(Schedule):
         return self.lambda_net(t)
 
     def get_config(self):
-        return {**super().get_config(), "time_units": self.time_units, "initial_magnitude": self.initial_magnitude}
+        return {**super().get_config(), "time_units": self.time_units, "initial_magnitude": self.initial_magnitude,
+                "gauge": self.gauge}
 
 
 @keras.saving.register_keras_serializable(package="cvdm_tf")
@@ -184,10 +201,10 @@ class PixelwiseSchedule(_LearnedTime):
         self.depth = depth
         self.kernel_size = kernel_size
         self.norm = norm
-        # The output starts at the constant tau = 1 (zero kernel, bias softplus^-1(1)).
+        # The output starts at the constant tau_start (zero kernel, bias softplus^-1(tau_start)).
         self.tau_net = unet(
             condition_channels, self.target_channels, base_filters, depth, kernel_size, norm=norm,
-            output_activation="softplus", output_bias=SOFTPLUS_INV_1, name="tau_net",
+            output_activation="softplus", output_bias=inverse_softplus(self.tau_start), name="tau_net",
         )
 
     def tau(self, y):
@@ -207,7 +224,7 @@ class GlobalSchedule(_LearnedTime):
         super().__init__(**kwargs)
         self.tau_raw = self.add_weight(
             name="tau_raw", shape=(self.target_channels,),
-            initializer=keras.initializers.Constant(SOFTPLUS_INV_1),
+            initializer=keras.initializers.Constant(inverse_softplus(self.tau_start)),
         )
 
     def tau(self, y):
@@ -290,10 +307,11 @@ def make_schedule(model_config, **layer_kwargs) -> Schedule:
         return PixelwiseSchedule(
             condition_channels=c.condition_channels, base_filters=c.tau_base_filters, depth=c.tau_depth,
             kernel_size=c.kernel_size, norm=c.norm, time_units=c.time_units, target_channels=c.target_channels,
-            **layer_kwargs,
+            gauge=c.gauge, **layer_kwargs,
         )
     if kind == "learned-global":
-        return GlobalSchedule(time_units=c.time_units, target_channels=c.target_channels, **layer_kwargs)
+        return GlobalSchedule(time_units=c.time_units, target_channels=c.target_channels, gauge=c.gauge,
+                              **layer_kwargs)
     if kind == "linear":
         return LinearSchedule(c.beta_min, c.beta_max, target_channels=c.target_channels, **layer_kwargs)
     if kind == "cosine":

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from cvdm_tf.config import Config
-from cvdm_tf.model import CVDM, LOSS_TERMS, build_model, ema_weights, make_optimizer
+from cvdm_tf.model import CVDM, LOSS_TERMS, build_model, computing_in, ema_weights, make_optimizer
 from cvdm_tf.sampler import Sampler
 
 TINY = dict(base_filters=8, depth=2, tau_base_filters=4, tau_depth=2, time_units=8, norm="group")
@@ -108,6 +108,30 @@ def test_sampler_contract(trained):
     assert np.all(np.isfinite(ddim["mean"].numpy()))
 
 
+def test_bfloat16_sampling_computes_in_bfloat16_and_stays_close_to_float32(trained):
+    """`Sampler(precision="bfloat16")`: the denoiser's convolutions run in bfloat16 on the same weights (the
+    deterministic DDIM samples differ from float32's, by bfloat16 round-off only), and the model's own layers keep
+    their float32 policy afterwards."""
+    model = trained[0]
+    y, _ = fixed_batch()
+    inputs = tf.concat([y[:2, ..., :1], y[:2], tf.fill([2, 16, 16, 1], 0.5)], axis=-1)
+    with computing_in(model.denoiser, "mixed_bfloat16"):
+        low = model.denoiser(inputs)
+        assert low.dtype == tf.bfloat16
+    high = model.denoiser(inputs)
+    assert high.dtype == tf.float32
+    assert {layer.dtype_policy.name for layer in model.denoiser._flatten_layers()} == {"float32"}
+    gap = np.abs(tf.cast(low, tf.float32).numpy() - high.numpy()).max() / np.abs(high.numpy()).max()
+    assert 0 < gap < 0.05  # bfloat16 keeps 8 bits of mantissa: a few 2^-8 after a handful of layers
+
+    a = Sampler(model)(y[:2], steps=10, samples=1, seed=3, method="ddim")["mean"].numpy()
+    b = Sampler(model, precision="bfloat16")(y[:2], steps=10, samples=1, seed=3, method="ddim")["mean"].numpy()
+    assert not np.array_equal(a, b)
+    np.testing.assert_allclose(b, a, atol=0.05 * np.abs(a).max())
+    with pytest.raises(ValueError, match="precision"):
+        Sampler(model, precision="float16")
+
+
 def test_trained_at_16_samples_any_size(trained):
     model = trained[0]
     rng = np.random.default_rng(1)
@@ -143,3 +167,26 @@ def test_ema_weights_swap_in_and_back(trained):
     after = [v.numpy() for v in model.trainable_variables]
     assert any(not np.allclose(a, b) for a, b in zip(before, during))
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_stratified_t_puts_one_example_in_each_stratum_and_keeps_t_uniform():
+    """`loss.t_sampling = "stratified"` (VDM's low-discrepancy draw): with the examples' keys, the B t of a batch
+    fall one in each [b / B, (b + 1) / B) and depend only on the keys; over batches each position's t is still
+    U[0, 1) (Kolmogorov-Smirnov), so the loss estimate stays unbiased."""
+    from scipy import stats
+
+    from cvdm_tf.config import LossConfig
+
+    model = CVDM(Config().replace(model=TINY).model, LossConfig(t_sampling="stratified"))
+    x0 = tf.zeros([8, 4, 4, 1])
+    firsts, lasts = [], []
+    for batch in range(300):
+        seeds = tf.constant([[batch, i] for i in range(8)], tf.int64)
+        t = model.draw_noise(x0, seeds)[0].numpy().ravel()
+        assert sorted(np.floor(t * 8).astype(int)) == list(range(8))
+        firsts.append(t[0]), lasts.append(t[-1])
+    np.testing.assert_array_equal(model.draw_noise(x0, seeds)[0].numpy().ravel(), t)
+    assert stats.kstest(firsts, "uniform").pvalue > 1e-3
+    assert stats.kstest(lasts, "uniform").pvalue > 1e-3
+    iid = CVDM(Config().replace(model=TINY).model).draw_noise(x0, seeds)[0].numpy().ravel()
+    np.testing.assert_allclose(iid[0], t[0])  # the offset is the first example's own i.i.d. draw

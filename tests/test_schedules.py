@@ -8,7 +8,7 @@ import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
 from cvdm_tf.config import ModelConfig
-from cvdm_tf.losses import consistency_loss, time_derivatives
+from cvdm_tf.losses import consistency_loss, relative_consistency_loss, time_derivatives
 from cvdm_tf.schedules import GlobalSchedule, MonotoneNet, make_schedule
 
 KINDS = ("learned", "learned-global", "linear", "cosine")
@@ -122,6 +122,55 @@ def test_learned_schedule_starts_consistent():
     relative = tf.reduce_mean(tf.square(dgamma + beta * gamma)) / tf.reduce_mean(tf.square(dgamma))
     assert float(relative) < 0.05
     np.testing.assert_allclose(schedule.magnitude(tau).numpy(), 10.0, rtol=0.1)
+
+
+@pytest.mark.parametrize("gauge", ("free", "unit"))
+def test_log_rate_matches_finite_differences_and_relative_residual_is_tau_times_the_mismatch(gauge):
+    """d log gamma/dt (returned for `loss.consistency = "relative"`) against central differences of log gamma,
+    and the relative residual against its closed form tau^2 (lambda - rho')^2 with rho' by differences too."""
+    schedule = make_schedule(ModelConfig(schedule="learned-global", gauge=gauge, **TINY), dtype="float64")
+    _randomise_time_networks(schedule, seed=2, scale=1.5)
+    tau = tf.constant(np.random.default_rng(1).uniform(0.2, 3.0, (4, 3, 3, 1)))
+    t = tf.constant([[0.1], [0.35], [0.7], [0.95]], tf.float64)
+    *_, dlog = time_derivatives(schedule, t, tau, with_log_rate=True)
+    h = 1e-5
+    fd = (schedule.log_gamma(t + h, tau) - schedule.log_gamma(t - h, tau)) / (2 * h)
+    np.testing.assert_allclose(dlog.numpy(), fd.numpy(), rtol=1e-6)
+    drho = ((schedule.rho(t + h) - schedule.rho(t - h)) / (2 * h)).numpy().reshape(-1, 1, 1, 1)
+    lam = schedule.lam(t).numpy().reshape(-1, 1, 1, 1)
+    beta = schedule.beta(t, tau)
+    ones = tf.ones_like(tau)
+    expected = np.mean((tau.numpy() * (lam - drho)) ** 2)
+    np.testing.assert_allclose(float(relative_consistency_loss(dlog, beta, ones, 0 * ones)), expected, rtol=1e-6)
+
+
+def test_unit_gauge_makes_tau_the_magnitude_and_spans_the_same_schedules():
+    """gauge "unit": rho(1) = 1, so magnitude = tau; with the same time networks, the free gauge's schedule at tau
+    equals the unit gauge's at tau * rho_free(1): the gauge removes the free scale and nothing else."""
+    free = make_schedule(ModelConfig(schedule="learned-global", **TINY), dtype="float64")
+    unit = make_schedule(ModelConfig(schedule="learned-global", gauge="unit", **TINY), dtype="float64")
+    _randomise_time_networks(free, seed=3, scale=2.0)
+    for a, b in zip(free.weights, unit.weights):
+        b.assign(a)
+    tau = tf.constant(np.random.default_rng(2).uniform(0.2, 3.0, (1, 4, 4, 1)))
+    np.testing.assert_allclose(unit.rho(tf.ones([1, 1], tf.float64)).numpy(), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(unit.magnitude(tau).numpy(), tau.numpy(), rtol=1e-12)
+    rho_1 = float(free.rho(tf.ones([1, 1], tf.float64))[0, 0])
+    for t in (0.05, 0.3, 0.8, 1.0):
+        t = tf.constant([[t]], tf.float64)
+        np.testing.assert_allclose(unit.gamma(t, tau * rho_1).numpy(), free.gamma(t, tau).numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("gauge", ("free", "unit"))
+def test_both_gauges_start_at_the_same_consistent_schedule(gauge):
+    """Initialisation: magnitude tau rho(1) = 10 (gamma(1) = e^-10) and lambda ~= rho' in either gauge."""
+    schedule = make_schedule(ModelConfig(schedule="learned", gauge=gauge, **TINY))
+    tau = schedule.tau(tf.random.normal([2, 8, 8, 2]))
+    np.testing.assert_allclose(schedule.magnitude(tau).numpy(), 10.0, rtol=0.1)
+    t = tf.random.uniform([2, 1], seed=6)
+    *_, dlog = time_derivatives(schedule, t, tau, with_log_rate=True)
+    beta = schedule.beta(t, tau)
+    assert float(tf.reduce_mean(tf.square(dlog + beta)) / tf.reduce_mean(tf.square(dlog))) < 0.05
 
 
 def test_linear_schedule_closed_form():
