@@ -47,7 +47,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--sampler", choices=["ddpm", "ddim"], help="default: the run's")
     parser.add_argument("--discretisation", choices=["exact", "paper"], help="default: the run's")
-    parser.add_argument("--precision", choices=["float32", "bfloat16"], help="the denoiser's compute dtype "
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], help="the denoiser's compute dtype "
                         "while sampling (default: the run's)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
@@ -58,9 +58,9 @@ def main(argv=None):
     physics = dict(defocus_um=d.defocus_um, wavelength_um=d.wavelength_um, pixel_size_um=d.pixel_size_um)
     truths = cell_phantoms(args.images, args.size, seed=args.seed, peak=d.phase_max * 0.85)
     method = args.sampler or config.sampler.method
-    precision = args.precision or config.sampler.precision
     sampler = Sampler(model, discretisation=args.discretisation or config.sampler.discretisation,
-                      grid=config.sampler.grid, precision=precision)
+                      grid=config.sampler.grid, precision=args.precision or config.sampler.precision)
+    precision = sampler.precision
     results = {"model": args.model, "images": args.images, "size": args.size, "samples": args.samples,
                "steps": steps, "sampler": method, "precision": precision, "noise": {}}
 

@@ -269,9 +269,9 @@ def simulate(task, input_path, out, noise, seed, task_values):
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per batch.")
 @click.option("--tile", type=click.IntRange(min=1), default=256, show_default=True,
               help="Images larger than this are processed in overlapping, blended tiles.")
-@click.option("--precision", type=click.Choice(["float32", "bfloat16"]),
-              help="The denoiser's compute dtype while sampling (default: the run's sampler.precision; bfloat16 "
-                   "halves the time on CPUs with AVX512_BF16/AMX).")
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]),
+              help="The denoiser's compute dtype while sampling (default: the run's sampler.precision, normally "
+                   "auto: bfloat16 where the hardware has it, e.g. CPUs with AVX512_BF16/AMX, float32 elsewhere).")
 @click.option("--task", help="The run's task (checked against the run; default: the run's).")
 @task_options("infer")
 @command
@@ -373,9 +373,9 @@ def export(run_dir, out, steps, samples):
               help="Another run of the task to score alike (repeatable): e.g. the regression U-Net of "
                    "`cvdm-tf train --kind regression`, or a CDDPM of `--schedule linear`.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
-@click.option("--precision", type=click.Choice(["float32", "bfloat16"]),
-              help="The denoiser's compute dtype while sampling (default: the run's sampler.precision; bfloat16 "
-                   "halves the time on CPUs with AVX512_BF16/AMX).")
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]),
+              help="The denoiser's compute dtype while sampling (default: the run's sampler.precision, normally "
+                   "auto: bfloat16 where the hardware has it, e.g. CPUs with AVX512_BF16/AMX, float32 elsewhere).")
 @click.option("--out", "report_path", required=True, type=click.Path(dir_okay=False), help="JSON report to write.")
 @task_options("eval")
 @command

@@ -159,14 +159,15 @@ class SamplerConfig:
 
     DISCRETISATIONS: typing.ClassVar[tuple] = ("exact", "paper")  # gbar_i = gamma(t_i, y) | eq. 10
     GRIDS: typing.ClassVar[tuple] = ("uniform", "log-snr")  # t_i = i / T | uniform in log-SNR
-    PRECISIONS: typing.ClassVar[tuple] = ("float32", "bfloat16")  # the denoiser's compute dtype when sampling
+    # The denoiser's compute dtype when sampling; auto: bfloat16 where the hardware has it (sampler.native_bfloat16)
+    PRECISIONS: typing.ClassVar[tuple] = ("auto", "float32", "bfloat16")
 
     steps: int = 200
     samples: int = 4
     method: str = "ddpm"
     discretisation: str = "exact"
     grid: str = "uniform"
-    precision: str = "float32"
+    precision: str = "auto"
 
     def __post_init__(self):
         check_positive("sampler.steps", self.steps)

@@ -93,6 +93,7 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
 
     return {
         "task": config.task, "noise": noise, "samples": samples, "steps": steps, "sampler": method, "seed": seed,
+        "precision": getattr(sampler, "precision", "float32"),
         **tuned, "images": images, "mean": _means(images, ["cvdm", *others, *methods]),
         "groups": {group: _means([row for row in images if row["group"] == group], ["cvdm", *others, *methods])
                    for group in sorted({row["group"] for row in images}) if group},

@@ -83,7 +83,8 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
         tile: int. Largest side sampled in one piece; larger images are tiled.
         progress: InferProgress or None (a new one on stderr).
         reader_options: dict. The task's reader options (QPI: a z-stack's z_step_um, defocus_um, focus).
-        precision: "float32", "bfloat16" or None (the run's `sampler.precision`): the denoiser's compute dtype.
+        precision: "auto", "float32", "bfloat16" or None (the run's `sampler.precision`): the denoiser's compute
+            dtype (`cvdm_tf.sampler.resolve_precision`).
 
     Returns:
         InferReport. Bad files are listed in `failed` (also reported through `progress.error`), not raised.

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from cvdm_tf.config import ModelConfig, SamplerConfig
 from cvdm_tf.errors import InputError
-from cvdm_tf.sampler import Sampler, schedule_agreement, time_grid
+from cvdm_tf.sampler import Sampler, native_bfloat16, resolve_precision, schedule_agreement, time_grid
 from cvdm_tf.schedules import LinearSchedule, make_schedule
 
 BETA_MIN, BETA_MAX = 0.1, 20.0  # ModelConfig's linear schedule
@@ -324,3 +324,16 @@ def test_a_chunk_callback_that_raises_stops_sampling_after_that_chunk():
     assert calls == [4]
     with pytest.raises(ValueError, match="chunk"):
         sampler(tf.ones([1, 8, 8, 1]), steps=4, chunk=0)
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it():
+    """"auto" reads the CPU's flags (no GPU here): AVX512_BF16 or AMX-BF16 -> bfloat16, else float32 (emulated
+    bfloat16 would be slower); explicit choices pass through, anything else is refused."""
+    zen4 = "flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+    sapphire = "flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n"
+    skylake = "flags\t\t: fpu avx2 avx512f avx512bw avx512_vnni\n"
+    assert native_bfloat16(zen4) and native_bfloat16(sapphire) and not native_bfloat16(skylake)
+    assert resolve_precision("auto") in ("float32", "bfloat16")
+    assert resolve_precision("float32") == "float32" and resolve_precision("bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("float16")
