@@ -68,7 +68,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     config = resolve_config(load_config(args.config) if args.config else default_config("qpi"))
-    model = build_model(config)
+    # The plain rows in float32 whatever the config says; --bfloat16 adds the bfloat16 rows.
+    model = build_model(config.replace(train={"precision": "float32"}))
     model.compile(optimizer=make_optimizer(config.train))
     for network in (model.denoiser, getattr(model.schedule, "tau_net", None), model.mean_net):
         if network is not None:
@@ -107,7 +108,7 @@ def main(argv=None):
         rows.append((f"train step, 64x64, batch {batch}, XLA", "ms/step",
                      {k: 1000 * v / args.train_steps for k, v in t.items()}))
 
-    sampler = sampler_for(model, config.sampler)
+    sampler = sampler_for(model, dataclasses.replace(config.sampler, precision="float32"))
     for size in (int(s) for s in args.sizes.split(",")):
         condition = tf.constant(rng.normal(size=(1, size, size, channels)), tf.float32)
         for samples in (int(k) for k in args.k.split(",")):

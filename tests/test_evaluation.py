@@ -68,3 +68,34 @@ def test_eval_tie_score_matches_an_independent_computation(tiny_run, phantom_fol
         estimate = numpy_tie(numpy_two_shot(truth))
         expected = metrics.mae(*metrics.offset_free(estimate, truth))
         assert row["tie"]["mae_rad"] == pytest.approx(expected, rel=0.02, abs=1e-4)
+
+
+def test_eval_oracle_weight_and_cvdm_row_match_direct_computations(tiny_run, phantom_folder):
+    """The oracle TIE weight eval reports is a minimum of the independent NumPy TIE's MAE over its grid neighbours
+    (x / sqrt(10), x * sqrt(10)); the CVDM row is the offset-free MAE of `reconstruct` on the measurement
+    simulated independently (test_simulate's NumPy two-shot), same seed."""
+    from test_simulate import numpy_two_shot
+
+    from cvdm_tf.evaluation import evaluate
+    from cvdm_tf.inference import reconstruct
+    from cvdm_tf.runs import load_run
+    from cvdm_tf.sampler import sampler_for
+
+    config, task, model = load_run(tiny_run)
+    report = evaluate(config, task, model, phantom_folder, noise="none", samples=2, steps=3, seed=7)
+    weight = report["tie_regularization"]
+    truths = {row["name"]: tifffile.imread(phantom_folder / f"{row['name']}.tif").astype(np.float64)
+              for row in report["images"]}
+    pairs = {name: numpy_two_shot(truth) for name, truth in truths.items()}
+
+    def tie_mae(regularization):
+        return np.mean([metrics.mae(*metrics.offset_free(numpy_tie(pairs[n], regularization=regularization), t))
+                        for n, t in truths.items()])
+
+    if weight > 0:
+        assert tie_mae(weight) <= min(tie_mae(weight / 10**0.5), tie_mae(weight * 10**0.5)) * (1 + 1e-3)
+    for row in report["images"]:
+        out = reconstruct(model, task, pairs[row["name"]].astype(np.float32), samples=2, steps=3, seed=7,
+                          sampler=sampler_for(model, config.sampler))  # the run's precision, as eval's
+        direct = metrics.mae(*metrics.offset_free(out["mean"][..., 0].astype(np.float64), truths[row["name"]]))
+        assert row["cvdm"]["mae_rad"] == pytest.approx(direct, rel=1e-3, abs=1e-4)

@@ -121,6 +121,42 @@ def test_reconstruct_tiled_constant_model_gives_a_constant_map(qpi_task, shape, 
     assert np.all(out["std"] >= 0) and out["std"].max() < 0.02
 
 
+class NothingLearned(ExactGaussianModel):
+    """The default QPI model (residual around the TIE channel: mean = condition, residual_scale 2, x_range 4, the
+    learned schedule) with the exact denoiser of a residual that is always 0: a model that has learned nothing."""
+
+    def __init__(self):
+        from cvdm_tf.config import default_config
+        from cvdm_tf.runs import resolve_config
+        from cvdm_tf.schedules import make_schedule
+
+        super().__init__(0.0, 0.0)
+        self.config = resolve_config(default_config("qpi"))
+        self.model_config = self.config.model
+        self.schedule = make_schedule(self.model_config)
+
+    def prior_mean(self, y):
+        return y[..., -1:]
+
+
+def test_a_model_that_learns_nothing_returns_the_tie_estimate():
+    """The README's "a model that learns nothing returns TIE", through `reconstruct` with the default config's
+    prior mean, residual scale and clip: the phase equals FFT-TIE at the config's Tikhonov weight, computed by
+    test_evaluation's NumPy TIE, to a small fraction of the phase range."""
+    from test_evaluation import numpy_tie
+
+    model = NothingLearned()
+    data = model.config.data
+    task = QPITask(data)
+    raw = _measurement(task, (64, 64), seed=4)
+    out = reconstruct(model, task, raw, samples=2, steps=20, method="ddpm", seed=1)
+    expected = numpy_tie(raw.astype(np.float64), dz=data.defocus_um, lam=data.wavelength_um,
+                         dx=data.pixel_size_um, regularization=data.tie_regularization)
+    got = out["mean"][..., 0] - out["mean"].mean()
+    assert np.abs(got - expected).max() < 0.01 * np.ptp(expected)
+    assert out["std"].max() < 1e-3  # the samples agree: nothing to be unsure about
+
+
 def test_reconstruct_refuses_the_wrong_channel_count(qpi_task):
     with pytest.raises(InputError, match="has 1 channel"):
         reconstruct(PointMassModel(), qpi_task, np.ones((16, 16, 1), np.float32), samples=1, steps=2)
@@ -272,3 +308,34 @@ def test_infer_reads_a_simulate_folder_and_skips_its_truth(tiny_run, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == [
         "cell_mean.tif", "cell_preview.png", "cell_schedule.tif", "cell_std.tif"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["learned-global", "linear", "cosine"])  # "learned": every test on tiny_run
+def test_train_with_each_schedule_kind_then_infer(kind, measurements, tmp_path):
+    """`cvdm-tf train --schedule KIND` and `cvdm-tf infer` on its run. The magnitude image tau rho(1) is the
+    closed form for the fixed schedules (linear: beta_min + (beta_max - beta_min) / 2; cosine: -log of
+    cos^2(phi(t_max)) / cos^2(phi(0))) and one learned number everywhere for CVDM-simple."""
+    import math
+
+    from test_cli_train import TINY
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "--schedule", kind, "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    result = _invoke("--model", run, "--input", measurements / "good" / "small.tif", "--out", out,
+                     "--samples", 2, "--steps", 3)
+    assert result.exit_code == 0, result.stderr
+    mean, std, schedule = (_read(out / f"small_{key}.tif") for key in ("mean", "std", "schedule"))
+    assert mean.shape == (24, 20, 1) and np.isfinite(mean).all() and std.max() > 0
+    if kind == "linear":
+        np.testing.assert_allclose(schedule, 0.1 + (20.0 - 0.1) / 2, rtol=1e-5)
+    elif kind == "cosine":
+        s, t_max = 0.008, 1.0 - 1e-4
+        phi = lambda t: (t + s) / (1 + s) * math.pi / 2  # noqa: E731
+        np.testing.assert_allclose(schedule, 2 * math.log(math.cos(phi(0)) / math.cos(phi(t_max))), rtol=1e-4)
+    else:
+        assert np.ptp(schedule) <= 1e-6 * schedule.mean() and schedule.mean() > 0
