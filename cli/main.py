@@ -91,6 +91,11 @@ MODEL_HELP = "Run folder of `cvdm-tf train`, or a built-in model builtin:NAME (s
 TASK = click.option("--task", default="qpi", show_default=True,
                     help=f"The inverse problem ({', '.join(_task_names())}).")
 
+SAMPLER_PRECISION = click.option(
+    "--precision", type=click.Choice(["auto", "float32", "bfloat16"]),
+    help="The denoiser's compute dtype while sampling (default: the run's sampler.precision, normally auto: "
+         "bfloat16 where the hardware has it, e.g. CPUs with AVX512_BF16/AMX, float32 elsewhere).")
+
 
 def task_options(command_name: str):
     """The options every task declares for `command_name` (`cvdm_tf.tasks.base.Option`), as click options; the
@@ -269,9 +274,7 @@ def simulate(task, input_path, out, noise, seed, task_values):
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per batch.")
 @click.option("--tile", type=click.IntRange(min=1), default=256, show_default=True,
               help="Images larger than this are processed in overlapping, blended tiles.")
-@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]),
-              help="The denoiser's compute dtype while sampling (default: the run's sampler.precision, normally "
-                   "auto: bfloat16 where the hardware has it, e.g. CPUs with AVX512_BF16/AMX, float32 elsewhere).")
+@SAMPLER_PRECISION
 @click.option("--task", help="The run's task (checked against the run; default: the run's).")
 @task_options("infer")
 @command
@@ -373,9 +376,7 @@ def export(run_dir, out, steps, samples):
               help="Another run of the task to score alike (repeatable): e.g. the regression U-Net of "
                    "`cvdm-tf train --kind regression`, or a CDDPM of `--schedule linear`.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]),
-              help="The denoiser's compute dtype while sampling (default: the run's sampler.precision, normally "
-                   "auto: bfloat16 where the hardware has it, e.g. CPUs with AVX512_BF16/AMX, float32 elsewhere).")
+@SAMPLER_PRECISION
 @click.option("--out", "report_path", required=True, type=click.Path(dir_okay=False), help="JSON report to write.")
 @task_options("eval")
 @command

@@ -141,7 +141,7 @@ class CVDM(keras.Model):
         """
         if seeds is None:
             t = keras.random.uniform((tf.shape(x0)[0], 1), seed=self.seed_generator)
-            t, eps = t, keras.random.normal(tf.shape(x0), seed=self.seed_generator)
+            eps = keras.random.normal(tf.shape(x0), seed=self.seed_generator)
         else:
             shape = tf.shape(x0)[1:]
             fold_in = tf.random.experimental.stateless_fold_in
