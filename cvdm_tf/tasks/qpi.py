@@ -8,8 +8,10 @@ A training pair, in order:
        counts at `photons_per_pixel` plus Gaussian read noise), or `none`;
     4. normalisation: condition y = (I / mean(I) - 1) * CONDITION_GAIN (the pair divided by its own mean
        intensity, which removes the illumination level of a real microscope but keeps the contrast, the thing that
-       encodes the phase, and is the same for a 64 px crop and a 2048 px image); with `tie_channel`, a third
-       channel holds the FFT-TIE phase estimate in target units; target x = 2 (phi - mean(phi)) / phase_max.
+       encodes the phase, and is the same for a 64 px crop and a 2048 px image); with `noise_channel`, a channel
+       holds the noise level estimated from the pair; with `tie_channel`, the last channel holds the FFT-TIE phase
+       estimate in target units (its Tikhonov weight fixed, or chosen from that noise level with
+       `tie_weight = "noise"`); target x = 2 (phi - mean(phi)) / phase_max.
 
 The target is offset-free: intensities determine the phase only up to a constant (TIE has the same gauge), so
 asking a network for the absolute offset of a crop would ask for something the measurement does not contain.
@@ -32,7 +34,8 @@ from cvdm_tf.data.pipeline import InMemoryBank
 from cvdm_tf.errors import InputError
 from cvdm_tf.physics.fresnel import two_shot_intensities
 from cvdm_tf.physics import through_focus
-from cvdm_tf.physics.tie import tie_dct, tie_fft, tie_us, tune_regularization
+from cvdm_tf.physics.noise_estimate import immerkaer_sigma
+from cvdm_tf.physics.tie import noise_adaptive_regularization, tie_dct, tie_fft, tie_us, tune_regularization
 from cvdm_tf.tasks import TASK_OPTIONS
 from cvdm_tf.tasks.base import Baseline, Case, Task
 
@@ -40,6 +43,9 @@ from cvdm_tf.tasks.base import Baseline, Case, Task
 CONDITION_GAIN = 4.0
 TRAINING_PHANTOM_SEED = 2024  # the benchmarks test on phantoms drawn with seed 1234
 NOISE_MODELS = ("paper", "poisson", "none")
+TIE_WEIGHTS = ("fixed", "noise")
+# The noise channel holds NOISE_GAIN * sigma: the paper's noise (sigma <= 0.17) then spans [0, ~1.7].
+NOISE_GAIN = 10.0
 
 
 @dataclass(frozen=True)
@@ -66,12 +72,18 @@ class DataConfig:
     # conditioning; with model.mean = "condition" the diffusion learns the correction to TIE).
     tie_channel: bool = False
     tie_regularization: float = 1e-6
+    # That estimate's Tikhonov weight: "fixed" (tie_regularization) or "noise" (each image's own, from the noise
+    # level estimated on its intensities: physics.tie.noise_adaptive_regularization).
+    tie_weight: str = "fixed"
+    # The estimated noise level (Immerkaer's, of I / mean(I)) as one more condition channel, constant over the image.
+    noise_channel: bool = False
     # Synthetic cell phantoms (cvdm_tf.data.phantoms, 256 px) added to the training images.
     phantoms: int = 0
 
     def __post_init__(self):
         check_choice("data.noise", self.noise, NOISE_MODELS)
         check_choice("data.phase_scaling", self.phase_scaling, ("image", "crop"))
+        check_choice("data.tie_weight", self.tie_weight, TIE_WEIGHTS)
         check_positive("data.image_size", self.image_size)
         for name in ("wavelength_um", "pixel_size_um", "defocus_um", "phase_max", "photons_per_pixel"):
             if not getattr(self, name) > 0:
@@ -104,7 +116,7 @@ class QPITask(Task):
 
     @property
     def condition_channels(self) -> int:
-        return 3 if self.data.tie_channel else 2
+        return 2 + int(self.data.noise_channel) + int(self.data.tie_channel)
 
     @property
     def condition_has_estimate(self) -> bool:
@@ -159,12 +171,23 @@ class QPITask(Task):
     # --- units ---
     def normalize_condition(self, intensities):
         """Raw intensities [..., H, W, 2] -> network condition y (per image: divided by its mean intensity;
-        plus the TIE phase in target units with `tie_channel`). Apply it to whole images, before any tiling."""
+        plus the estimated noise level with `noise_channel`, and the TIE phase in target units, last, with
+        `tie_channel`). Apply it to whole images, before any tiling."""
+        d = self.data
         mean = tf.reduce_mean(intensities, axis=[-3, -2, -1], keepdims=True)
-        y = (intensities / tf.maximum(mean, 1e-6) - 1.0) * CONDITION_GAIN
-        if self.data.tie_channel:
-            tie = self.baseline(intensities, self.data.tie_regularization)
-            y = tf.concat([y, 2.0 * tie / self.data.phase_max], axis=-1)
+        relative = intensities / tf.maximum(mean, 1e-6)
+        y = (relative - 1.0) * CONDITION_GAIN
+        sigma = immerkaer_sigma(relative) if (d.noise_channel or d.tie_weight == "noise") else None
+        if d.noise_channel:
+            y = tf.concat([y, tf.ones_like(y[..., :1]) * (NOISE_GAIN * sigma)[..., None, None, None]], axis=-1)
+        if d.tie_channel:
+            if d.tie_weight == "noise":
+                weight = noise_adaptive_regularization(sigma, d.defocus_um, d.wavelength_um, d.pixel_size_um)
+                weight = weight[..., None, None]  # one weight per image
+            else:
+                weight = d.tie_regularization
+            tie = self.baseline(intensities, weight)
+            y = tf.concat([y, 2.0 * tie / d.phase_max], axis=-1)
         return y
 
     condition = normalize_condition
