@@ -323,6 +323,7 @@ class QPITask(Task):
 
     def baselines(self):
         return {"tie": lambda **options: TIEBaseline(self, **options),
+                "tie-noise": lambda **options: TIEBaseline(self, regularization="noise", **options),
                 "tie-dct": lambda **options: TIEBaseline(self, solver="dct", **options),
                 "us-tie": lambda **options: TIEBaseline(self, solver="us", **options)}
 
@@ -341,17 +342,22 @@ class QPITask(Task):
 
 class TIEBaseline(Baseline):
     """A TIE solver (FFT, DCT, or US-TIE for non-uniform intensity) with its Tikhonov weight tuned on the evaluated
-    images and their truth unless given: an oracle choice that makes it the best that solver can do."""
+    images and their truth unless given: an oracle choice that makes it the best that solver can do.
+    `regularization = "noise"` instead picks each image's weight from the noise level of its own pair
+    (`noise_adaptive_regularization`): no truth, what a user can run."""
 
     SOLVERS = {"fft": tie_fft, "dct": tie_dct, "us": tie_us}
 
-    def __init__(self, task: QPITask, regularization: float | None = None, solver: str = "fft"):
+    def __init__(self, task: QPITask, regularization: float | str | None = None, solver: str = "fft"):
         self.task = task
         self.regularization = regularization
         self.solver = solver
-        self.name = {"fft": "tie", "dct": "tie-dct", "us": "us-tie"}[solver]
+        self.name = {"fft": "tie", "dct": "tie-dct", "us": "us-tie"}[solver] + (
+            "-noise" if regularization == "noise" else "")
 
     def tune(self, cases):
+        if self.regularization == "noise":
+            return {}
         if self.regularization is None:
             d = self.task.data
             # Images may differ in size, so tune on each and take the geometric median.
@@ -363,8 +369,13 @@ class TIEBaseline(Baseline):
 
     def __call__(self, measurement):
         d = self.task.data
+        weight = self.regularization
+        if weight == "noise":
+            relative = measurement / max(float(np.mean(measurement)), 1e-6)
+            weight = noise_adaptive_regularization(immerkaer_sigma(relative), d.defocus_um, d.wavelength_um,
+                                                   d.pixel_size_um)
         return self.SOLVERS[self.solver](tf.constant(measurement), d.defocus_um, d.wavelength_um, d.pixel_size_um,
-                                         self.regularization).numpy()
+                                         weight).numpy()
 
 
 def phase_from_image(image: np.ndarray, source_dtype, phase_max: float) -> np.ndarray:
