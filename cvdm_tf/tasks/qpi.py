@@ -65,6 +65,8 @@ class DataConfig:
     absorption: float = 0.0
     noise: str = "paper"
     noise_max: float = 0.2  # paper noise: lam_n ~ U(0, noise_max) per pair
+    # Training pairs left noise-free (only in training: eval and the benchmarks simulate the noise they are told).
+    noise_free_fraction: float = 0.0
     photons_per_pixel: float = 1000.0  # poisson noise
     read_noise: float = 2.0  # poisson noise: Gaussian read noise, in photons
     augment: bool = True
@@ -90,6 +92,8 @@ class DataConfig:
                 raise InputError(f"data.{name}: must be > 0, got {getattr(self, name)}")
         for name in ("noise_max", "read_noise", "tie_regularization"):
             check_non_negative(f"data.{name}", getattr(self, name))
+        if not 0 <= self.noise_free_fraction <= 1:
+            raise InputError(f"data.noise_free_fraction: must be in [0, 1], got {self.noise_free_fraction}")
         if not 0 <= self.absorption < 1:
             raise InputError(f"data.absorption: must be in [0, 1), got {self.absorption}")
 
@@ -217,7 +221,12 @@ class QPITask(Task):
         if self.data.phase_scaling == "crop":
             low, high = tf.reduce_min(phase), tf.reduce_max(phase)
             phase = (phase - low) / tf.maximum(high - low, 1e-6) * self.data.phase_max
-        intensities = self.add_noise(self.measure(phase), seed)
+        clean = self.measure(phase)
+        intensities = self.add_noise(clean, seed)
+        if self.data.noise_free_fraction > 0:
+            # Without enough clean pairs the model never learns that a clean pair leaves nothing to correct.
+            draw = tf.random.stateless_uniform([], seed=tf.random.experimental.stateless_fold_in(seed, 2))
+            intensities = tf.where(draw < self.data.noise_free_fraction, clean, intensities)
         return self.normalize_condition(intensities), self.normalize_target(phase)
 
     def baseline(self, intensities, regularization=1e-6):
