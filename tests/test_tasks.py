@@ -60,6 +60,27 @@ def test_noise_models_are_seeded_and_shaped(noise):
         assert abs(float(tf.math.reduce_variance(a)) / expected - 1) < 0.1
 
 
+def test_noise_free_fraction_leaves_that_share_of_training_pairs_clean_and_never_touches_eval():
+    phantom = {"phase": tf.constant(cell_phantoms(1, 32, seed=3, peak=2.0)[0][..., None])}
+    seeds = [tf.constant([0, i], tf.int64) for i in range(200)]
+    clean_y = QPITask(DataConfig()).normalize_condition(QPITask(DataConfig()).measure(phantom["phase"][..., 0]))
+
+    def clean_share(fraction):
+        task = QPITask(DataConfig(noise_free_fraction=fraction))
+        return np.mean([np.allclose(task.pair(phantom, seed)[0], clean_y, atol=1e-5) for seed in seeds])
+
+    assert clean_share(0.0) == 0.0 and clean_share(1.0) == 1.0
+    assert abs(clean_share(0.25) - 0.25) < 0.1  # binomial sd over 200 pairs: 0.03
+    # The noisy pairs are the very pairs a run without the option draws, and eval's cases are simulated as asked.
+    task = QPITask(DataConfig(noise_free_fraction=0.25))
+    noisy = [seed for seed in seeds[:20] if not np.allclose(task.pair(phantom, seed)[0], clean_y, atol=1e-5)]
+    assert np.array_equal(task.pair(phantom, noisy[0])[0], QPITask(DataConfig()).pair(phantom, noisy[0])[0])
+    raw = task.add_noise(task.measure(phantom["phase"][..., 0]), seeds[0], noise="paper")
+    assert not np.allclose(raw, task.measure(phantom["phase"][..., 0]))
+    with pytest.raises(InputError, match="noise_free_fraction"):
+        DataConfig(noise_free_fraction=1.5)
+
+
 def test_unknown_task_is_an_input_error():
     with pytest.raises(InputError, match="unknown task"):
         make_task("sr")
