@@ -1,6 +1,6 @@
 """QPI: a trained CVDM against the best-tuned classical TIE baseline, on phase objects the model never saw.
 
-    python benchmarks/qpi_vs_tie.py --model runs/qpi-... [--images 8] [--size 128] [--samples 4] [--json out.json]
+    python benchmarks/qpi_vs_tie.py --model runs/qpi-... [--images 8] [--size 128] [--samples K] [--json out.json]
 
 Test objects: cell-like phantoms (cvdm_tf.data.phantoms, not from scikit-image), simulated with the run's physics,
 once noise-free and once with the paper's noise model. TIE (FFT and DCT solvers) gets its Tikhonov weight tuned on
@@ -31,6 +31,9 @@ from cvdm_tf.runs import load_run  # noqa: E402
 from cvdm_tf.sampler import Sampler  # noqa: E402
 
 
+EACH_IMAGE_TIE = "TIE (FFT), each image's oracle weight"
+
+
 def offset_free_scores(estimates, truths):
     maes, ssims = [], []
     for estimate, truth in zip(estimates, truths):
@@ -45,7 +48,7 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="run folder of `cvdm-tf train`")
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--samples", type=int, help="samples K (default: the run's)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--sampler", choices=["ddpm", "ddim"], help="default: the run's")
@@ -57,6 +60,7 @@ def main(argv=None):
 
     config, task, model = load_run(args.model)
     steps = args.steps or config.sampler.steps
+    args.samples = args.samples or config.sampler.samples
     d = config.data
     physics = dict(defocus_um=d.defocus_um, wavelength_um=d.wavelength_um, pixel_size_um=d.pixel_size_um)
     truths = cell_phantoms(args.images, args.size, seed=args.seed, peak=d.phase_max * 0.85)
@@ -79,7 +83,7 @@ def main(argv=None):
         # Each image its own oracle weight: stronger than one weight for all, since the noise differs per image.
         own = [tune_regularization(measured[i:i + 1], truths[i][None], **physics)[0] for i in range(args.images)]
         estimates = tie_fft(measured, regularization=np.array(own, np.float32)[:, None, None], **physics).numpy()
-        row["TIE (FFT), each image's oracle weight"] = {
+        row[EACH_IMAGE_TIE] = {
             "regularization": own, **dict(zip(("mae", "ms_ssim"), offset_free_scores(estimates, truths)))}
         # No truth: the weight from the noise level the pair itself shows.
         relative = measured / tf.reduce_mean(measured, axis=[1, 2, 3], keepdims=True)

@@ -48,6 +48,8 @@ MODELS = {
         check_set="4 cell phantoms, 64 px, the paper's noise (held out: no phantom is in the training data)",
         benchmark_set="8 cell phantoms, 128 px, the paper's noise",
         benchmark_command="python benchmarks/qpi_vs_tie.py --model builtin:qpi",
+        # The default config's sampler, chosen on validation phantoms (seed 4321), never the test phantoms.
+        sampler=dict(method="ddpm", steps=10, samples=16, discretisation="exact"),
     ),
     "biosr": dict(
         title="super-resolution microscopy, widefield -> SIM-like on the 2x grid",
@@ -117,11 +119,13 @@ def run_benchmark(name) -> str:
         out = Path(tmp) / "scores.json"
         if name == "qpi":
             import qpi_vs_tie
+            from qpi_vs_tie import EACH_IMAGE_TIE
 
             results = qpi_vs_tie.main(["--model", "builtin:qpi", "--json", str(out)])["noise"]
             noisy, clean = results["paper"], results["none"]
             return (f"MAE {noisy['CVDM']['mae']:.4f} rad, MS-SSIM {noisy['CVDM']['ms_ssim']:.3f} with noise "
-                    f"(oracle TIE {noisy['TIE (FFT)']['mae']:.4f} rad); noise-free {clean['CVDM']['mae']:.4f} "
+                    f"(oracle TIE {noisy['TIE (FFT)']['mae']:.4f} rad, each image's oracle TIE "
+                    f"{noisy[EACH_IMAGE_TIE]['mae']:.4f}); noise-free {clean['CVDM']['mae']:.4f} "
                     f"rad (oracle TIE {clean['TIE (FFT)']['mae']:.4f})")
         if name == "sr4x":
             import sr_table
