@@ -49,7 +49,8 @@ model (each intensity + N(lam_n, lam_n^2), lam_n ~ U(0, 0.2)): at 128 px it is t
 0.12 unregularised), while noise-free data lose some large-scale phase (0.02-0.03 rad vs 1e-4 at 1e-10), and
 256 px noisy data want ~1e-4 or more. A weight of 1e-3, natural in other normalisations, damps everything
 beyond ~35 px and is close to returning zero on 128 px images. The best value depends on noise level, image
-size and object: use `tune_regularization` when the truth is known (that is "the best-tuned TIE baseline").
+size and object: use `tune_regularization` when the truth is known (that is "the best-tuned TIE baseline"), and
+`noise_adaptive_regularization` when it is not (a weight from the noise level the pair itself shows).
 Noise with a non-zero mean (the paper's model) raises mean(I0) and so scales the estimate by
 1 / (1 + mean noise); the solver cannot tell that offset from light, and does not try.
 
@@ -461,8 +462,8 @@ def noise_adaptive_regularization(sigma, defocus_um=1.0, wavelength_um=0.521, pi
     sigma_f = k dx^2 sigma / (sqrt(2) dz); a Wiener-like trade between that noise and the phase's spectrum gives
     reg = C sigma_f^P, with C and P fitted on cell phantoms (above: P = 2.4, not Wiener's 2, because a cell's
     phase spectrum is not white). Measured on the 8 test phantoms of `benchmarks/qpi_vs_tie.py` (paper noise):
-    0.173 rad against 0.189 for the best single weight and 0.168 for each image's own oracle weight; noise-free,
-    it picks ~1e-11 and is nearly exact.
+    0.173 rad against 0.189 for the best single weight and 0.170 for each image's own oracle weight; noise-free,
+    it picks ~1e-11 and is nearly exact (0.0044 rad, as the oracle).
 
     Args:
       sigma: float or float tensor [...]: noise std of I / mean(I) (e.g. `noise_estimate.immerkaer_sigma`).
