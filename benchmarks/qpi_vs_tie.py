@@ -25,8 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 from cvdm_tf.data.phantoms import cell_phantoms  # noqa: E402
 from cvdm_tf.metrics import mae, ms_ssim, offset_free  # noqa: E402
-from cvdm_tf.physics.noise_estimate import immerkaer_sigma  # noqa: E402
-from cvdm_tf.physics.tie import noise_adaptive_regularization, tie_dct, tie_fft, tune_regularization  # noqa: E402
+from cvdm_tf.physics.tie import tie_dct, tie_fft, tune_regularization  # noqa: E402
 from cvdm_tf.runs import load_run  # noqa: E402
 from cvdm_tf.sampler import Sampler  # noqa: E402
 
@@ -86,11 +85,10 @@ def main(argv=None):
         row[EACH_IMAGE_TIE] = {
             "regularization": own, **dict(zip(("mae", "ms_ssim"), offset_free_scores(estimates, truths)))}
         # No truth: the weight from the noise level the pair itself shows.
-        relative = measured / tf.reduce_mean(measured, axis=[1, 2, 3], keepdims=True)
-        weights = noise_adaptive_regularization(immerkaer_sigma(relative), **physics)
-        estimates = tie_fft(measured, regularization=weights[:, None, None], **physics).numpy()
+        weights = task.noise_weight(measured)
+        estimates = tie_fft(measured, regularization=weights, **physics).numpy()
         row["TIE (FFT), noise-adaptive weight"] = {
-            "regularization": weights.numpy().tolist(),
+            "regularization": weights.numpy().ravel().tolist(),
             **dict(zip(("mae", "ms_ssim"), offset_free_scores(estimates, truths)))}
         y = task.normalize_condition(measured)
         if d.tie_channel:

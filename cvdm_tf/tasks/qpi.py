@@ -178,21 +178,26 @@ class QPITask(Task):
         plus the estimated noise level with `noise_channel`, and the TIE phase in target units, last, with
         `tie_channel`). Apply it to whole images, before any tiling."""
         d = self.data
-        mean = tf.reduce_mean(intensities, axis=[-3, -2, -1], keepdims=True)
-        relative = intensities / tf.maximum(mean, 1e-6)
-        y = (relative - 1.0) * CONDITION_GAIN
-        sigma = immerkaer_sigma(relative) if (d.noise_channel or d.tie_weight == "noise") else None
+        y = (_relative(intensities) - 1.0) * CONDITION_GAIN
         if d.noise_channel:
+            sigma = self.noise_level(intensities)
             y = tf.concat([y, tf.ones_like(y[..., :1]) * (NOISE_GAIN * sigma)[..., None, None, None]], axis=-1)
         if d.tie_channel:
-            if d.tie_weight == "noise":
-                weight = noise_adaptive_regularization(sigma, d.defocus_um, d.wavelength_um, d.pixel_size_um)
-                weight = weight[..., None, None]  # one weight per image
-            else:
-                weight = d.tie_regularization
+            weight = self.noise_weight(intensities) if d.tie_weight == "noise" else d.tie_regularization
             tie = self.baseline(intensities, weight)
             y = tf.concat([y, 2.0 * tie / d.phase_max], axis=-1)
         return y
+
+    def noise_level(self, intensities):
+        """Immerkaer's noise std of each pair [..., H, W, 2], divided by its mean intensity: float32 [...]."""
+        return immerkaer_sigma(_relative(intensities))
+
+    def noise_weight(self, intensities):
+        """Each pair's noise-adaptive Tikhonov weight, [..., 1, 1] (broadcasts over its H x W)."""
+        d = self.data
+        weight = noise_adaptive_regularization(self.noise_level(intensities), d.defocus_um, d.wavelength_um,
+                                               d.pixel_size_um)
+        return weight[..., None, None]
 
     condition = normalize_condition
 
@@ -378,13 +383,15 @@ class TIEBaseline(Baseline):
 
     def __call__(self, measurement):
         d = self.task.data
-        weight = self.regularization
-        if weight == "noise":
-            relative = measurement / max(float(np.mean(measurement)), 1e-6)
-            weight = noise_adaptive_regularization(immerkaer_sigma(relative), d.defocus_um, d.wavelength_um,
-                                                   d.pixel_size_um)
+        weight = self.task.noise_weight(measurement) if self.regularization == "noise" else self.regularization
         return self.SOLVERS[self.solver](tf.constant(measurement), d.defocus_um, d.wavelength_um, d.pixel_size_um,
                                          weight).numpy()
+
+
+def _relative(intensities):
+    """Intensities [..., H, W, C] divided by each image's mean: the illumination level removed."""
+    mean = tf.reduce_mean(intensities, axis=[-3, -2, -1], keepdims=True)
+    return intensities / tf.maximum(mean, 1e-6)
 
 
 def phase_from_image(image: np.ndarray, source_dtype, phase_max: float) -> np.ndarray:
