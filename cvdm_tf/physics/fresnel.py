@@ -46,7 +46,7 @@ import math
 import tensorflow as tf
 
 from cvdm_tf.errors import InputError
-from cvdm_tf.physics.grids import check_positive, fft_frequencies, float64
+from cvdm_tf.physics.grids import check_positive, even_extension, fft_frequencies, float64
 
 __all__ = ["transfer_function", "propagate", "two_shot_intensities"]
 
@@ -167,7 +167,8 @@ def transmittance(phase, amplitude=None):
     return field
 
 
-def two_shot_intensities(phase, defocus_um=1.0, wavelength_um=0.521, pixel_size_um=0.21, amplitude=None, pad=0):
+def two_shot_intensities(phase, defocus_um=1.0, wavelength_um=0.521, pixel_size_um=0.21, amplitude=None, pad=0,
+                         boundary="periodic"):
     """The two-shot defocus measurement (I(-dz), I(+dz)) of a thin object, cvdm-math.md section 6.
 
     Steps:
@@ -182,6 +183,9 @@ def two_shot_intensities(phase, defocus_um=1.0, wavelength_um=0.521, pixel_size_
       pixel_size_um: float or scalar tensor. dx in um (default 0.21).
       amplitude: optional float tensor broadcastable to [..., H, W]. A, the object's amplitude transmission.
       pad: python int >= 0. Zero padding per side, see `propagate`.
+      boundary: "periodic" (the FFT's: the object repeats, so a crop's opposite edges meet with a phase jump no
+        microscope sees) or "mirror" (propagate the even extension, 2H x 2W, and keep the first H x W: the
+        object continues as its mirror image, Neumann boundaries, the field that `tie_dct` inverts exactly).
 
     Returns:
       float32 tensor [..., H, W, 2] (float64 for a float64 phase): channel 0 is I(-dz), channel 1 is I(+dz).
@@ -191,8 +195,16 @@ def two_shot_intensities(phase, defocus_um=1.0, wavelength_um=0.521, pixel_size_
     check_positive(pixel_size_um, "pixel_size_um")
     if int(pad) < 0:
         raise InputError(f"pad must be >= 0 pixels, got {pad}")
+    if boundary not in ("periodic", "mirror"):
+        raise InputError(f"boundary must be 'periodic' or 'mirror', got {boundary!r}")
     field = transmittance(phase, amplitude)
+    if boundary == "mirror":
+        height, width = tf.shape(field)[-2], tf.shape(field)[-1]
+        field = even_extension(field)
     defocus = float64(defocus_um)
     before, after = _propagate_many(field, [-defocus, defocus], wavelength_um, pixel_size_um, int(pad))
     intensities = [tf.math.real(e) ** 2 + tf.math.imag(e) ** 2 for e in (before, after)]
-    return tf.stack(intensities, axis=-1)
+    intensities = tf.stack(intensities, axis=-1)
+    if boundary == "mirror":
+        intensities = intensities[..., :height, :width, :]
+    return intensities

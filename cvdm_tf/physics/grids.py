@@ -1,4 +1,5 @@
-"""What the Fourier-optics modules share: float64 without a float32 detour, FFT frequency grids, argument checks."""
+"""What the Fourier-optics modules share: float64 without a float32 detour, FFT frequency grids, the even
+extension, argument checks."""
 
 from __future__ import annotations
 
@@ -31,3 +32,10 @@ def fft_frequencies(n, pixel_size_um):
     # fftfreq order: 0, 1, ..., ceil(n/2) - 1, then -floor(n/2), ..., -1.
     index = tf.where(index < (n + 1) // 2, index, index - n)
     return tf.cast(index, tf.float64) / (tf.cast(n, tf.float64) * float64(pixel_size_um))
+
+
+def even_extension(image):
+    """[..., H, W] -> [..., 2H, 2W], the even (half-sample) mirror extension: periodic and continuous, so an FFT
+    on it is a DCT-II on the H x W original (Neumann boundaries, no wrap-around jump)."""
+    image = tf.concat([image, tf.reverse(image, axis=[-1])], axis=-1)
+    return tf.concat([image, tf.reverse(image, axis=[-2])], axis=-2)

@@ -102,7 +102,7 @@ import numpy as np
 import tensorflow as tf
 
 from cvdm_tf.errors import InputError
-from cvdm_tf.physics.grids import float64
+from cvdm_tf.physics.grids import even_extension, float64
 
 __all__ = ["tie_fft", "tie_dct", "tie_us", "tie_us_from_derivative", "tune_regularization",
            "noise_adaptive_regularization"]
@@ -228,12 +228,6 @@ def tie_dct(intensities, defocus_um=1.0, wavelength_um=0.521, pixel_size_um=0.21
 
 
 # === US-TIE: non-uniform intensity (Teague's auxiliary function, Neumann boundaries, conjugate gradients) ===
-
-
-def _mirror(image):
-    """[..., H, W] -> [..., 2H, 2W], the even (half-sample) extension on whose periodic grid FFT == DCT-II."""
-    image = tf.concat([image, tf.reverse(image, axis=[-1])], axis=-1)
-    return tf.concat([image, tf.reverse(image, axis=[-2])], axis=-2)
 
 
 class _MirrorSpectrum:
@@ -395,10 +389,10 @@ def tie_us_from_derivative(
 
     # 2. Tikhonov filter: kappa^2 * kappa^2 / (kappa^4 + reg).
     low_pass = ops.kappa_squared * _inverse_laplacian_gain(ops.kappa_squared, float64(regularization))
-    source = ops.inverse(ops.forward(_mirror(source)) * tf.cast(low_pass, tf.complex128))
+    source = ops.inverse(ops.forward(even_extension(source)) * tf.cast(low_pass, tf.complex128))
 
     # 3.-4. Teague, then conjugate gradients.
-    phase = _conjugate_gradients(ops, source, _mirror(intensity), int(iterations))
+    phase = _conjugate_gradients(ops, source, even_extension(intensity), int(iterations))
 
     # 5. Back to H x W.
     return tf.cast(_zero_mean(phase[..., :height, :width]), out_dtype)

@@ -3,14 +3,15 @@ section 6; the paper's section 4.2).
 
 A training pair, in order:
     1. phase phi in [0, phase_max] radians (the target), cropped from a ground-truth image;
-    2. the 2-shot measurement (I(-dz), I(+dz)) of the thin phase object exp(i phi) by Fresnel propagation;
+    2. the 2-shot measurement (I(-dz), I(+dz)) of the thin phase object exp(i phi) by Fresnel propagation (of the
+       crop, periodic, or of its mirror extension with `crop_boundary = "mirror"`);
     3. noise: `paper` (Gaussian with mean and std lam_n, lam_n ~ U(0, noise_max) per pair), `poisson` (photon
        counts at `photons_per_pixel` plus Gaussian read noise), or `none`;
     4. normalisation: condition y = (I / mean(I) - 1) * CONDITION_GAIN (the pair divided by its own mean
        intensity, which removes the illumination level of a real microscope but keeps the contrast, the thing that
        encodes the phase, and is the same for a 64 px crop and a 2048 px image); with `noise_channel`, a channel
-       holds the noise level estimated from the pair; with `tie_channel`, the last channel holds the FFT-TIE phase
-       estimate in target units (its Tikhonov weight fixed, or chosen from that noise level with
+       holds the noise level estimated from the pair; with `tie_channel`, the last channel holds the TIE phase
+       estimate (FFT or DCT solver: `tie_solver`) in target units (its Tikhonov weight fixed, or chosen from that noise level with
        `tie_weight = "noise"`); target x = 2 (phi - mean(phi)) / phase_max.
 
 The target is offset-free: intensities determine the phase only up to a constant (TIE has the same gauge), so
@@ -81,11 +82,20 @@ class DataConfig:
     noise_channel: bool = False
     # Synthetic cell phantoms (cvdm_tf.data.phantoms, 256 px) added to the training images.
     phantoms: int = 0
+    # How a training crop is simulated: "periodic" (the FFT's wrap-around: the crop's opposite edges meet with a
+    # phase jump, which the TIE channel cannot explain even on a clean pair) or "mirror" (the crop continues as its
+    # mirror image: no jump, and a clean pair of a smooth object gets a nearly exact "dct" TIE channel, as a whole
+    # image does). Only training crops: `simulate`, `eval` and the benchmarks simulate whole images periodically.
+    crop_boundary: str = "periodic"
+    # The TIE channel's Poisson solver: "fft" (periodic) or "dct" (Neumann: the one that inverts "mirror" crops).
+    tie_solver: str = "fft"
 
     def __post_init__(self):
         check_choice("data.noise", self.noise, NOISE_MODELS)
         check_choice("data.phase_scaling", self.phase_scaling, ("image", "crop"))
         check_choice("data.tie_weight", self.tie_weight, TIE_WEIGHTS)
+        check_choice("data.crop_boundary", self.crop_boundary, ("periodic", "mirror"))
+        check_choice("data.tie_solver", self.tie_solver, ("fft", "dct"))
         check_positive("data.image_size", self.image_size)
         for name in ("wavelength_um", "pixel_size_um", "defocus_um", "phase_max", "photons_per_pixel"):
             if not getattr(self, name) > 0:
@@ -136,12 +146,12 @@ class QPITask(Task):
         return "the raw intensity pair I(-dz), I(+dz), as `cvdm-tf simulate` writes it"
 
     # --- physics ---
-    def measure(self, phase):
+    def measure(self, phase, boundary="periodic"):
         """phase [..., H, W] (radians) -> noise-free raw intensities [..., H, W, 2] = (I(-dz), I(+dz)) of the thin
-        object amplitude(phi) * exp(i phi)."""
+        object amplitude(phi) * exp(i phi); `boundary` as in `two_shot_intensities`."""
         d = self.data
         return two_shot_intensities(phase, d.defocus_um, d.wavelength_um, d.pixel_size_um,
-                                    amplitude=self.amplitude(phase))
+                                    amplitude=self.amplitude(phase), boundary=boundary)
 
     def amplitude(self, phase):
         """The transmitted amplitude of an absorbing object, or None for a pure phase object (absorption = 0):
@@ -226,7 +236,7 @@ class QPITask(Task):
         if self.data.phase_scaling == "crop":
             low, high = tf.reduce_min(phase), tf.reduce_max(phase)
             phase = (phase - low) / tf.maximum(high - low, 1e-6) * self.data.phase_max
-        clean = self.measure(phase)
+        clean = self.measure(phase, boundary=self.data.crop_boundary)
         intensities = self.add_noise(clean, seed)
         if self.data.noise_free_fraction > 0:
             # Without enough clean pairs the model never learns that a clean pair leaves nothing to correct.
@@ -235,9 +245,10 @@ class QPITask(Task):
         return self.normalize_condition(intensities), self.normalize_target(phase)
 
     def baseline(self, intensities, regularization=1e-6):
-        """The classical answer: FFT TIE phase (zero-mean radians) [..., H, W, 1]."""
+        """The condition's classical estimate: the TIE phase of `tie_solver` (zero-mean radians) [..., H, W, 1]."""
         d = self.data
-        phase = tie_fft(intensities, d.defocus_um, d.wavelength_um, d.pixel_size_um, regularization)
+        solver = tie_dct if d.tie_solver == "dct" else tie_fft
+        phase = solver(intensities, d.defocus_um, d.wavelength_um, d.pixel_size_um, regularization)
         return phase[..., None]
 
     # --- training data ---
