@@ -13,6 +13,7 @@ weight from the noise level estimated on its pair (no truth: what a user can run
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ from cvdm_tf.metrics import mae, ms_ssim, offset_free  # noqa: E402
 from cvdm_tf.physics.tie import tie_dct, tie_fft, tune_regularization  # noqa: E402
 from cvdm_tf.runs import load_run  # noqa: E402
 from cvdm_tf.sampler import Sampler  # noqa: E402
+from cvdm_tf.tasks import make_task  # noqa: E402
 
 
 EACH_IMAGE_TIE = "TIE (FFT), each image's oracle weight"
@@ -54,10 +56,17 @@ def main(argv=None):
     parser.add_argument("--discretisation", choices=["exact", "paper"], help="default: the run's")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], help="the denoiser's compute dtype "
                         "while sampling (default: the run's)")
+    parser.add_argument("--consistency", type=int, help="data-consistency steps after sampling (default: the run's "
+                        "data.data_consistency)")
+    parser.add_argument("--consistency-weight", type=float, help="default: the run's data.consistency_weight")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
     config, task, model = load_run(args.model)
+    if args.consistency is not None or args.consistency_weight is not None:
+        task = make_task(task.name, dataclasses.replace(
+            config.data, data_consistency=config.data.data_consistency if args.consistency is None
+            else args.consistency, consistency_weight=args.consistency_weight or config.data.consistency_weight))
     steps = args.steps or config.sampler.steps
     args.samples = args.samples or config.sampler.samples
     d = config.data
@@ -96,15 +105,20 @@ def main(argv=None):
             row["TIE channel (model input)"] = dict(zip(("mae", "ms_ssim"), offset_free_scores(tie_input, truths)))
         began, cpu = time.perf_counter(), time.process_time()
         out = sampler(y, steps=steps, samples=args.samples, seed=args.seed, method=method)
+        # As `cvdm-tf infer`: each sample refined against its own pair (data consistency, when the run asks).
+        drawn = task.denormalize_target(out["samples"]).numpy()
+        drawn = np.stack([np.asarray(task.refine(d, m)) for d, m in zip(drawn, measured.numpy())])
         wall, cpu = time.perf_counter() - began, time.process_time() - cpu
-        estimates = task.denormalize_target(out["mean"]).numpy()[..., 0]
+        estimates = drawn.mean(axis=1)[..., 0]
         scores = dict(zip(("mae", "ms_ssim"), offset_free_scores(estimates, truths)))
-        row["CVDM"] = {**scores, "mean_std_rad": float(np.mean(task.denormalize_spread(out["std"]).numpy())),
+        row["CVDM"] = {**scores, "mean_std_rad": float(np.mean(drawn.std(axis=1, ddof=1))),
                        "seconds_per_image": wall / args.images, "cpu_seconds_per_image": cpu / args.images}
         results["noise"][noise] = row
 
     print(f"\n{args.images} cell phantoms, {args.size} px, offset-free; CVDM: {args.samples} samples, {steps} "
-          f"{method} steps, {args.discretisation or config.sampler.discretisation} discretisation, {precision}; TIE regularisation tuned on the test images (oracle)\n")
+          f"{method} steps, {args.discretisation or config.sampler.discretisation} discretisation, {precision}, "
+          f"{task.data.data_consistency} data-consistency steps; TIE regularisation tuned on the test images "
+          "(oracle)\n")
     print("| method | MAE noisy (rad) | MS-SSIM noisy | MAE noise-free (rad) | MS-SSIM noise-free |")
     print("|---|---|---|---|---|")
     for method in results["noise"]["paper"]:

@@ -8,7 +8,9 @@ package: the graph holds, in order,
     2. the sampling loop of `cvdm_tf.sampler.Sampler` (one `tf.while_loop` over the T steps, K samples per
        condition, stateless noise seeded by (seed, step));
     3. the task's (offset, scale) to physical units (QPI: radians; BioSR: the input's intensity units); the
-       schedule map tau * rho(1) as is.
+       schedule map tau * rho(1) as is;
+    4. the task's refinement of each sample against the measurement, when its config asks (QPI:
+       `data.data_consistency`), and the mean and std of the refined samples.
 
 Signatures:
 
@@ -74,14 +76,20 @@ class ExportedSampler(tf.Module):
         offset, scale = task.units(condition)
         # The channel count is static, so the signatures state it ([-1, -1, -1, C_out] in saved_model_cli).
         image = lambda v: tf.ensure_shape(v, [None, None, None, task.target_channels])  # noqa: E731
-        mean = image(out["mean"] * scale + offset)
+        drawn = out["samples"] * scale[:, None] + offset[:, None]
+        mean, std = out["mean"] * scale + offset, out["std"] * tf.abs(scale)
+        if task.refines:  # as `inference.reconstruct`: each sample refined, then mean and std taken anew
+            drawn = task.refine(drawn, condition)
+            k = tf.cast(tf.shape(drawn)[1], tf.float32)
+            mean = tf.reduce_mean(drawn, axis=1)
+            std = tf.math.reduce_std(drawn, axis=1) * tf.sqrt(k / tf.maximum(k - 1.0, 1.0))
+        mean = image(mean)
         return {
             "mean": mean,
-            "std": image(out["std"] * tf.abs(scale)),
+            "std": image(std),
             # Target-shaped already; broadcast so the contract [batch, H, W, C_out] holds for every schedule kind.
             "schedule": image(tf.broadcast_to(out["schedule"], tf.shape(mean))),
-            "samples": tf.ensure_shape(out["samples"] * scale[:, None] + offset[:, None],
-                                       [None, None, None, None, task.target_channels]),
+            "samples": tf.ensure_shape(drawn, [None, None, None, None, task.target_channels]),
         }
 
     def _serve(self, condition):

@@ -266,13 +266,26 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         except tf.errors.ResourceExhaustedError:
             raise InputError(f"out of memory sampling {len(batch)} tile(s) of {batch.shape[1]} x {batch.shape[2]} "
                              "px (try a smaller --batch-size or --tile)") from None
-        return {"mean": out["mean"].numpy(), "std": out["std"].numpy(), "schedule": out["schedule"].numpy()}
+        result = {"mean": out["mean"].numpy(), "std": out["std"].numpy(), "schedule": out["schedule"].numpy()}
+        if task.refines:
+            # Every sample, as channels [B, h, w, K * C], blended and aligned like the mean.
+            drawn = out["samples"].numpy() if "samples" in out else result["mean"][:, None]
+            result["samples"] = np.moveaxis(drawn, 1, -2).reshape(drawn.shape[0], *drawn.shape[2:4], -1)
+        return result
 
     # 4. Tiles (or the whole image as one tile).
-    blended = tiled_apply(predict, y, tile, batch_size=batch_size, progress=progress,
-                          align=task.offset_free_outputs)
+    align = task.offset_free_outputs + (("samples",) if "mean" in task.offset_free_outputs else ())
+    blended = tiled_apply(predict, y, tile, batch_size=batch_size, progress=progress, align=align)
     crop = (slice(0, height), slice(0, width))
     # 5. Physical units.
+    if task.refines:
+        # 6. The task's refinement acts on each sample of the whole image; mean and std are then taken anew.
+        drawn = blended["samples"][crop]
+        drawn = np.moveaxis(drawn.reshape(height, width, -1, model.model_config.target_channels), 2, 0)
+        drawn = np.asarray(task.refine(drawn * scale + offset, raw), np.float32)
+        std = drawn.std(axis=0, ddof=1) if len(drawn) > 1 else np.zeros_like(drawn[0])
+        return {"mean": drawn.mean(axis=0), "std": std.astype(np.float32),
+                "schedule": blended["schedule"][crop].astype(np.float32)}
     mean = (blended["mean"][crop] * scale + offset).astype(np.float32)
     # The std is blended like the mean (not as a variance): a weighted mean of per-tile estimates keeps their
     # expected value, so overlaps do not show up brighter (sqrt of an averaged variance would, by Jensen).

@@ -149,6 +149,17 @@ class Task:
         offset."""
         raise NotImplementedError
 
+    # --- after sampling ---
+    @property
+    def refines(self) -> bool:
+        """Whether `refine` changes samples (then `inference.reconstruct` keeps every sample to pass it)."""
+        return False
+
+    def refine(self, samples, measurement):
+        """Samples [..., K, H, W, C_x] in physical units, made to agree with their whole raw measurement
+        [..., h, w, C_m] (QPI: data consistency through the physics); the identity unless the task says otherwise."""
+        return samples
+
     # --- files ---
     def read_measurements(self, path, message: Callable | None = None, **options) -> list[np.ndarray]:
         """The raw measurement(s) [h, w, C_m] in one input file (a stack may hold several); `options` are the

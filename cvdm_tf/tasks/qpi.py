@@ -11,7 +11,7 @@ A training pair, in order:
        intensity, which removes the illumination level of a real microscope but keeps the contrast, the thing that
        encodes the phase, and is the same for a 64 px crop and a 2048 px image); with `noise_channel`, a channel
        holds the noise level estimated from the pair; with `tie_channel`, the last channel holds the TIE phase
-       estimate (FFT or DCT solver: `tie_solver`) in target units (its Tikhonov weight fixed, or chosen from that noise level with
+       estimate (FFT solver; DCT for mirror-simulated crops) in target units (its Tikhonov weight fixed, or chosen from that noise level with
        `tie_weight = "noise"`); target x = 2 (phi - mean(phi)) / phase_max.
 
 The target is offset-free: intensities determine the phase only up to a constant (TIE has the same gauge), so
@@ -35,6 +35,7 @@ from cvdm_tf.data.pipeline import InMemoryBank
 from cvdm_tf.errors import InputError
 from cvdm_tf.physics.fresnel import two_shot_intensities
 from cvdm_tf.physics import through_focus
+from cvdm_tf.physics.consistency import project
 from cvdm_tf.physics.noise_estimate import immerkaer_sigma
 from cvdm_tf.physics.tie import noise_adaptive_regularization, tie_dct, tie_fft, tie_us, tune_regularization
 from cvdm_tf.tasks import TASK_OPTIONS
@@ -83,19 +84,24 @@ class DataConfig:
     # Synthetic cell phantoms (cvdm_tf.data.phantoms, 256 px) added to the training images.
     phantoms: int = 0
     # How a training crop is simulated: "periodic" (the FFT's wrap-around: the crop's opposite edges meet with a
-    # phase jump, which the TIE channel cannot explain even on a clean pair) or "mirror" (the crop continues as its
-    # mirror image: no jump, and a clean pair of a smooth object gets a nearly exact "dct" TIE channel, as a whole
-    # image does). Only training crops: `simulate`, `eval` and the benchmarks simulate whole images periodically.
+    # phase jump no microscope sees, which the TIE channel cannot explain even on a clean pair) or "mirror" (the
+    # crop continues as its mirror image, and its TIE channel is solved with the DCT, whose Neumann boundaries are
+    # that continuation: a clean crop of a smooth object then gets a nearly exact channel, as a whole image does
+    # from the FFT solver). Only training crops: whole images (`infer`, `simulate`, `eval`, the benchmarks) are
+    # simulated periodically and solved by FFT.
     crop_boundary: str = "periodic"
-    # The TIE channel's Poisson solver: "fft" (periodic) or "dct" (Neumann: the one that inverts "mirror" crops).
-    tie_solver: str = "fft"
+    # After sampling (`infer`, `eval`, napari, the benchmarks): this many data-consistency steps per sample
+    # (physics.consistency: the sample made to reproduce its measurement through Fresnel propagation, with TIE as
+    # the pseudo-inverse), 0 = off. Their TIE weight is the noise-adaptive one times consistency_weight: larger
+    # trusts the measurement only in frequencies far above its noise.
+    data_consistency: int = 0
+    consistency_weight: float = 1e3
 
     def __post_init__(self):
         check_choice("data.noise", self.noise, NOISE_MODELS)
         check_choice("data.phase_scaling", self.phase_scaling, ("image", "crop"))
         check_choice("data.tie_weight", self.tie_weight, TIE_WEIGHTS)
         check_choice("data.crop_boundary", self.crop_boundary, ("periodic", "mirror"))
-        check_choice("data.tie_solver", self.tie_solver, ("fft", "dct"))
         check_positive("data.image_size", self.image_size)
         for name in ("wavelength_um", "pixel_size_um", "defocus_um", "phase_max", "photons_per_pixel"):
             if not getattr(self, name) > 0:
@@ -104,6 +110,8 @@ class DataConfig:
             check_non_negative(f"data.{name}", getattr(self, name))
         if not 0 <= self.noise_free_fraction <= 1:
             raise InputError(f"data.noise_free_fraction: must be in [0, 1], got {self.noise_free_fraction}")
+        check_non_negative("data.data_consistency", self.data_consistency)
+        check_positive("data.consistency_weight", self.consistency_weight)
         if not 0 <= self.absorption < 1:
             raise InputError(f"data.absorption: must be in [0, 1), got {self.absorption}")
 
@@ -183,10 +191,10 @@ class QPITask(Task):
         raise ValueError(f"unknown noise model {noise!r}")
 
     # --- units ---
-    def normalize_condition(self, intensities):
+    def normalize_condition(self, intensities, tie_solver="fft"):
         """Raw intensities [..., H, W, 2] -> network condition y (per image: divided by its mean intensity;
         plus the estimated noise level with `noise_channel`, and the TIE phase in target units, last, with
-        `tie_channel`). Apply it to whole images, before any tiling."""
+        `tie_channel`, by the FFT solver or `tie_solver`). Apply it to whole images, before any tiling."""
         d = self.data
         y = (_relative(intensities) - 1.0) * CONDITION_GAIN
         if d.noise_channel:
@@ -194,7 +202,7 @@ class QPITask(Task):
             y = tf.concat([y, tf.ones_like(y[..., :1]) * (NOISE_GAIN * sigma)[..., None, None, None]], axis=-1)
         if d.tie_channel:
             weight = self.noise_weight(intensities) if d.tie_weight == "noise" else d.tie_regularization
-            tie = self.baseline(intensities, weight)
+            tie = self.baseline(intensities, weight, tie_solver)
             y = tf.concat([y, 2.0 * tie / d.phase_max], axis=-1)
         return y
 
@@ -242,13 +250,35 @@ class QPITask(Task):
             # Without enough clean pairs the model never learns that a clean pair leaves nothing to correct.
             draw = tf.random.stateless_uniform([], seed=tf.random.experimental.stateless_fold_in(seed, 2))
             intensities = tf.where(draw < self.data.noise_free_fraction, clean, intensities)
-        return self.normalize_condition(intensities), self.normalize_target(phase)
+        solver = "dct" if self.data.crop_boundary == "mirror" else "fft"
+        return self.normalize_condition(intensities, solver), self.normalize_target(phase)
 
-    def baseline(self, intensities, regularization=1e-6):
-        """The condition's classical estimate: the TIE phase of `tie_solver` (zero-mean radians) [..., H, W, 1]."""
+    def baseline(self, intensities, regularization=1e-6, solver="fft"):
+        """The classical answer: TIE phase (zero-mean radians) [..., H, W, 1], FFT or "dct" solver."""
         d = self.data
-        solver = tie_dct if d.tie_solver == "dct" else tie_fft
-        phase = solver(intensities, d.defocus_um, d.wavelength_um, d.pixel_size_um, regularization)
+        solve = tie_dct if solver == "dct" else tie_fft
+        phase = solve(intensities, d.defocus_um, d.wavelength_um, d.pixel_size_um, regularization)
+        return phase[..., None]
+
+    # --- after sampling ---
+    @property
+    def refines(self) -> bool:
+        return self.data.data_consistency > 0
+
+    def refine(self, samples, measurement):
+        """Data consistency (physics.consistency.project): each phase sample [..., K, H, W, 1] (rad) moved, in
+        `data_consistency` steps, to reproduce its intensity pair [..., H, W, 2] through `measure`, with FFT-TIE at
+        consistency_weight times the pair's noise-adaptive weight as the pseudo-inverse. Offset-free in and out.
+        Pure TensorFlow (traced into the SavedModel)."""
+        d = self.data
+        if not self.refines:
+            return samples
+        pair = tf.convert_to_tensor(measurement, tf.float32)[..., None, :, :, :]
+        weight = d.consistency_weight * self.noise_weight(pair)
+        tie = lambda intensities: tie_fft(intensities, d.defocus_um, d.wavelength_um, d.pixel_size_um,  # noqa: E731
+                                          weight)
+        phase = project(tf.convert_to_tensor(samples, tf.float32)[..., 0], pair, self.measure, tie,
+                        d.data_consistency)
         return phase[..., None]
 
     # --- training data ---
