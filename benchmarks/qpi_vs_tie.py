@@ -6,8 +6,10 @@ Test objects: cell-like phantoms (cvdm_tf.data.phantoms, not from scikit-image),
 once noise-free and once with the paper's noise model. TIE (FFT and DCT solvers) gets its Tikhonov weight tuned on
 these very images and their truth (an oracle choice: the best TIE can possibly do), once for all images and once
 for each image (stronger, as the noise level differs from image to image); a third FFT-TIE row picks each image's
-weight from the noise level estimated on its pair (no truth: what a user can run). Every error is offset-free
-(each image's mean phase subtracted), in radians. Prints a markdown table and optionally writes JSON.
+weight from the noise level estimated on its pair (no truth: what a user can run). CVDM's samples get the run's
+data-consistency steps, as `cvdm-tf infer` gives them (`--consistency 0` for the sampler's mean alone). Every
+error is offset-free (each image's mean phase subtracted), in radians. Prints a markdown table and optionally
+writes JSON.
 """
 
 from __future__ import annotations

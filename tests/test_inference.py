@@ -143,7 +143,7 @@ class NothingLearned(ExactGaussianModel):
 
 
 def test_a_model_that_learns_nothing_returns_the_tie_estimate():
-    """The README's "a model that learns nothing returns TIE", through `reconstruct` with the default config's
+    """The README's "a model that learns nothing samples TIE", through `reconstruct` with the default config's
     prior mean, residual scale and clip: the phase equals FFT-TIE at the Tikhonov weight the config chooses,
     computed by test_evaluation's NumPy TIE, to a small fraction of the phase range."""
     from test_evaluation import numpy_tie
