@@ -18,8 +18,10 @@ One image, in order:
        sampled in batches and blended with a separable raised-cosine window, normalised by the summed weights
        (`tiled_apply`); outputs the task calls offset-free (QPI's phase) get their per-tile offsets reconciled in
        the overlaps first;
-    5. back to physical units with the task's (offset, scale); outputs are written (atomically, with the output
-       pixel size in the TIFF metadata) only after sampling succeeded.
+    5. back to physical units with the task's (offset, scale); a task that refines samples against the whole
+       measurement (QPI's data consistency) does so here, and mean and std come from the refined samples;
+       outputs are written (atomically, with the output pixel size in the TIFF metadata) only after sampling
+       succeeded.
 
 A file that fails is reported and skipped; the others are finished (`InferReport.failed`).
 """
@@ -277,9 +279,9 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
     align = task.offset_free_outputs + (("samples",) if "mean" in task.offset_free_outputs else ())
     blended = tiled_apply(predict, y, tile, batch_size=batch_size, progress=progress, align=align)
     crop = (slice(0, height), slice(0, width))
-    # 5. Physical units.
+    # 5. Physical units. A task that refines (QPI's data consistency) gets each sample of the whole image; mean and
+    # std are then taken anew from the refined samples.
     if task.refines:
-        # 6. The task's refinement acts on each sample of the whole image; mean and std are then taken anew.
         drawn = blended["samples"][crop]
         drawn = np.moveaxis(drawn.reshape(height, width, -1, model.model_config.target_channels), 2, 0)
         drawn = np.asarray(task.refine(drawn * scale + offset, raw), np.float32)

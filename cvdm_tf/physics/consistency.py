@@ -14,11 +14,13 @@ measurement y fixes, A+ A x, and what it leaves open, (1 - A+ A) x. Replacing th
 | A+ | `pseudo_inverse` (QPI: Tikhonov-regularised TIE, `physics.tie.tie_fft`) |
 
 For a linear A with an exact pseudo-inverse one step is the projection onto {x : A x = y}. For QPI's forward
-model (nonlinear in phi) and TIE (a first-order inverse), a few steps are a fixed-point iteration whose fixed
-points satisfy A+(A(x)) = A+(y): the sample reproduces the measurement in every spatial frequency the TIE
-weight passes, which also removes TIE's own linearisation error there. The weight decides what "determined"
-means: noise-free, nearly every frequency and the sample becomes the measurement's phase; with noise, only
-frequencies whose signal stands far above the noise, and the model's sample keeps the rest.
+model (nonlinear in phi) and TIE (a first-order inverse), repeated steps are a fixed-point iteration toward
+A+(A(x)) = A+(y): the sample reproduces the measurement in every spatial frequency the TIE weight passes, which
+also removes part of TIE's own linearisation error there. The weight decides what "determined" means:
+noise-free, nearly every frequency, and the sample becomes the measurement's phase; with noise, only the
+frequencies whose signal stands far above the noise, and the model's sample keeps the rest. The iteration
+contracts only where TIE's first order holds: at high frequencies Fresnel's transfer sin(pi lam dz f^2) departs
+from it, and on strongly textured phases many steps slowly diverge. QPI's default is one step (README).
 """
 
 from __future__ import annotations

@@ -185,7 +185,7 @@ def two_shot_intensities(phase, defocus_um=1.0, wavelength_um=0.521, pixel_size_
       pad: python int >= 0. Zero padding per side, see `propagate`.
       boundary: "periodic" (the FFT's: the object repeats, so a crop's opposite edges meet with a phase jump no
         microscope sees) or "mirror" (propagate the even extension, 2H x 2W, and keep the first H x W: the
-        object continues as its mirror image, Neumann boundaries, the field that `tie_dct` inverts exactly).
+        object continues as its mirror image: Neumann boundaries, those of `tie_dct`).
 
     Returns:
       float32 tensor [..., H, W, 2] (float64 for a float64 phase): channel 0 is I(-dz), channel 1 is I(+dz).
