@@ -283,14 +283,15 @@ def infer(run_dir, input_path, out, samples, steps, method, seed, batch_size, ti
     from cvdm_tf.inference import infer_paths
     from cvdm_tf.runs import model_config
 
-    reader_options = {}
+    reader_options, data = {}, None
     if task or any(value is not None for value in task_values.values()):
         config = model_config(run_dir)
         if task and config.task != task:
             raise InputError(f"{run_dir}: the model was trained for task {config.task!r}, not {task!r}")
-        _, _, reader_options = apply_task_options(config.task, config.data, task_values, "infer")
+        data, _, reader_options = apply_task_options(config.task, config.data, task_values, "infer")
     report = infer_paths(run_dir, input_path, out, samples=samples, steps=steps, method=method, seed=seed,
-                         batch_size=batch_size, tile=tile, reader_options=reader_options, precision=precision)
+                         batch_size=batch_size, tile=tile, reader_options=reader_options, precision=precision,
+                         data=data)
     if report.failed:  # each already reported as `error: PATH: problem`; the good files are complete
         sys.exit(EXIT_USER_ERROR)
 

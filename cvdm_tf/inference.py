@@ -69,7 +69,8 @@ class InferReport:
 
 def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | None = None,
                 method: str | None = None, seed: int = 0, batch_size: int = 4, tile: int = 256,
-                progress=None, reader_options: dict | None = None, precision: str | None = None) -> InferReport:
+                progress=None, reader_options: dict | None = None, precision: str | None = None,
+                data=None) -> InferReport:
     """Reconstruct every image of `input_path` (a file or a folder) with the run in `run_dir` into `out_dir`.
 
     Args:
@@ -87,6 +88,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
         reader_options: dict. The task's reader options (QPI: a z-stack's z_step_um, defocus_um, focus).
         precision: "auto", "float32", "bfloat16" or None (the run's `sampler.precision`): the denoiser's compute
             dtype (`cvdm_tf.sampler.resolve_precision`).
+        data: the task's data config to use instead of the run's (e.g. QPI's data_consistency changed), or None.
 
     Returns:
         InferReport. Bad files are listed in `failed` (also reported through `progress.error`), not raised.
@@ -103,6 +105,10 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
     if not Path(input_path).exists():  # before loading the model: a typo fails fast
         raise InputError(f"{os.fspath(input_path)}: no such file or folder")
     config, task, model = load_run(run_dir)
+    if data is not None and data != config.data:
+        from cvdm_tf.tasks import make_task
+
+        task = make_task(config.task, data)
     files = _input_files(input_path, out_dir, task)
     steps = steps or config.sampler.steps
     method = method or config.sampler.method

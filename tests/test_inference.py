@@ -256,6 +256,27 @@ def test_infer_writes_all_outputs(infer_run):
 
 
 @pytest.mark.slow
+def test_infer_data_consistency_option_turns_the_refinement_off(infer_run, tiny_run, measurements, tmp_path):
+    """The default run refines (data.data_consistency = 1); `--data-consistency 0` gives the sampler's own mean,
+    the one `reconstruct` gives with the option off, and not the refined one."""
+    from cvdm_tf.runs import load_run
+    from cvdm_tf.sampler import sampler_for
+
+    _, refined_out = infer_run
+    out = tmp_path / "off"
+    result = _invoke("--model", tiny_run, "--input", measurements / "good" / "small.tif", "--out", out,
+                     "--samples", 2, "--steps", 3, "--seed", 5, "--data-consistency", 0)
+    assert result.exit_code == 0, result.stderr
+    config, task, model = load_run(tiny_run)
+    assert task.refines
+    raw = sources.read_image(measurements / "good" / "small.tif")
+    off = reconstruct(model, QPITask(dataclasses.replace(config.data, data_consistency=0)), raw, samples=2, steps=3,
+                      method=config.sampler.method, seed=5, sampler=sampler_for(model, config.sampler))
+    np.testing.assert_allclose(_read(out / "small_mean.tif"), off["mean"], atol=1e-5)
+    assert not np.allclose(_read(refined_out / "small_mean.tif"), off["mean"], atol=1e-3)
+
+
+@pytest.mark.slow
 def test_bfloat16_sampling_gives_the_float32_outputs_to_round_off(tiny_run, measurements, tmp_path):
     """`infer --precision bfloat16`: the same files, the mean within bfloat16 round-off of float32's."""
     for precision in ("bfloat16", "float32"):

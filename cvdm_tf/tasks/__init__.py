@@ -38,6 +38,9 @@ TASK_OPTIONS = {
                "(default: the run's data.defocus_um).", commands=("infer", "eval"), reader=True),
         Option("--focus-plane", "focus", int, "In-focus plane of a z-stack (default: minimum contrast, right "
                "for weakly absorbing samples).", commands=("infer", "eval"), reader=True),
+        Option("--data-consistency", "data_consistency", int, "Steps making each sample reproduce its "
+               "intensity pair after sampling (default: the run's data.data_consistency; 0 = off).",
+               commands=("infer", "eval")),
     ),
     "biosr": (
         Option("--na", "na", float, "Numerical aperture of the objective."),
