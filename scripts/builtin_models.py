@@ -190,7 +190,8 @@ def main(argv=None):
             "training_cost": args.training_cost or f"{config.train.steps} steps",
             "training_data": spec["training_data"], "parameters": int(model.count_params()),
             "sampler": f"{config.sampler.steps} {config.sampler.method} steps, K = {config.sampler.samples}"
-                       + (" (chosen on validation images; the run's config had another)" if resampled else ""),
+                       + (" (chosen on validation images; the run's config had another)" if resampled else "")
+                       + (f", then {task.data.data_consistency} data-consistency step(s)" if task.refines else ""),
             "check": {"set": spec["check_set"], "baseline": spec["baseline"], "metric": spec["metric"],
                       "better": "higher" if spec["metric"].startswith(("psnr", "ssim")) else "lower",
                       "samples": CHECK["samples"], "seed": CHECK["seed"],
