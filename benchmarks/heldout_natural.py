@@ -41,14 +41,14 @@ def main(run, size=64, method="ddpm", noise=None):
     y = task.normalize_condition(measured)
     out = sampler_for(model, config.sampler)(y, steps=config.sampler.steps, samples=4, seed=0, method=method)
     estimate = task.denormalize_target(out["mean"]).numpy()[..., 0]
-    drawn = task.denormalize_target(out["samples"]).numpy()
-    refined = np.stack([np.asarray(task.refine(d, m)) for d, m in zip(drawn, measured.numpy())])
 
     def score(values):
         return np.mean([mae(*offset_free(a, b)) for a, b in zip(values, truths)])
 
     print(f"offset-free MAE (rad): model {score(estimate):.4f}", end="")
     if task.refines:
+        drawn = task.denormalize_target(out["samples"]).numpy()
+        refined = np.stack([np.asarray(task.refine(d, m)) for d, m in zip(drawn, measured.numpy())])
         print(f", model + data consistency {score(refined.mean(axis=1)[..., 0]):.4f}", end="")
     if config.data.tie_channel:
         print(f", TIE channel {score(task.denormalize_target(y[..., -1:]).numpy()[..., 0]):.4f}", end="")
