@@ -11,8 +11,11 @@ A training pair, in order:
        intensity, which removes the illumination level of a real microscope but keeps the contrast, the thing that
        encodes the phase, and is the same for a 64 px crop and a 2048 px image); with `noise_channel`, a channel
        holds the noise level estimated from the pair; with `tie_channel`, the last channel holds the TIE phase
-       estimate (FFT solver; DCT for mirror-simulated crops) in target units (its Tikhonov weight fixed, or chosen from that noise level with
-       `tie_weight = "noise"`); target x = 2 (phi - mean(phi)) / phase_max.
+       estimate (FFT solver; DCT for mirror-simulated crops) in target units (its Tikhonov weight fixed, or
+       chosen from that noise level with `tie_weight = "noise"`); target x = 2 (phi - mean(phi)) / phase_max.
+
+After sampling (never in training), each sample can be refined against its own pair (`data_consistency`:
+`refine`, cvdm_tf.physics.consistency).
 
 The target is offset-free: intensities determine the phase only up to a constant (TIE has the same gauge), so
 asking a network for the absolute offset of a crop would ask for something the measurement does not contain.
