@@ -48,7 +48,7 @@ def main(run, size=64, method="ddpm", noise=None):
     print(f"offset-free MAE (rad): model {score(estimate):.4f}", end="")
     if task.refines:
         drawn = task.denormalize_target(out["samples"]).numpy()
-        refined = np.stack([np.asarray(task.refine(d, m)) for d, m in zip(drawn, measured.numpy())])
+        refined = np.asarray(task.refine(drawn, measured))
         print(f", model + data consistency {score(refined.mean(axis=1)[..., 0]):.4f}", end="")
     if config.data.tie_channel:
         print(f", TIE channel {score(task.denormalize_target(y[..., -1:]).numpy()[..., 0]):.4f}", end="")

@@ -34,7 +34,7 @@ import tensorflow as tf
 from cvdm_tf.config import dump_config
 from cvdm_tf.errors import InputError
 from cvdm_tf.io import _umask
-from cvdm_tf.sampler import sampler_for
+from cvdm_tf.sampler import sample_std, sampler_for
 
 CONFIG_ASSET = "cvdm_config.toml"
 
@@ -80,9 +80,7 @@ class ExportedSampler(tf.Module):
         mean, std = out["mean"] * scale + offset, out["std"] * tf.abs(scale)
         if task.refines:  # as `inference.reconstruct`: each sample refined, then mean and std taken anew
             drawn = task.refine(drawn, condition)
-            k = tf.cast(tf.shape(drawn)[1], tf.float32)
-            mean = tf.reduce_mean(drawn, axis=1)
-            std = tf.math.reduce_std(drawn, axis=1) * tf.sqrt(k / tf.maximum(k - 1.0, 1.0))
+            mean, std = tf.reduce_mean(drawn, axis=1), sample_std(drawn)
         mean = image(mean)
         return {
             "mean": mean,

@@ -197,9 +197,7 @@ class Sampler(tf.Module):
         height, width = tf.shape(x)[1], tf.shape(x)[2]
         x = tf.reshape(x, [batch, samples, height, width, -1])
         mean = tf.reduce_mean(x, axis=1)
-        # Sample standard deviation (ddof = 1): unbiased variance over the K samples; 0 for K = 1.
-        k = tf.cast(samples, tf.float32)
-        std = tf.math.reduce_std(x, axis=1) * tf.sqrt(k / tf.maximum(k - 1.0, 1.0))
+        std = sample_std(x)
         crop = lambda v: crop_to(v, size)  # noqa: E731
         return {
             "mean": crop(mean),
@@ -307,6 +305,13 @@ class Discretisation:
         log_gbar_prev = tf.where(i > 1, self.log_gamma(tf.maximum(i - 1, 0)), zero)
         # rho is monotone by construction; the minimum only guards round-off (alpha <= 1, sigma2 >= 0).
         return log_gbar_prev, tf.minimum(log_gbar - log_gbar_prev, 0.0)
+
+
+def sample_std(samples):
+    """Sample standard deviation (ddof = 1) over the K axis of samples [B, K, ...]: the unbiased variance over
+    the K samples; 0 for K = 1."""
+    k = tf.cast(tf.shape(samples)[1], tf.float32)
+    return tf.math.reduce_std(samples, axis=1) * tf.sqrt(k / tf.maximum(k - 1.0, 1.0))
 
 
 def time_grid(schedule, tau, steps, grid: str = "uniform"):
