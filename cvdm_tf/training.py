@@ -101,7 +101,8 @@ def _prepare(config: Config, out_dir: Path, resume: bool, progress, strategy) ->
     tc = config.train
     check_batch(strategy, tc.batch_size)
     size = config.data.image_size
-    train_bank, val_bank, described = task.training_banks(tc.validation_fraction, tc.seed, size, warn=progress.message)
+    train_bank, val_bank, described = task.training_banks(tc.validation_fraction, tc.seed, task.field_size(size),
+                                                          warn=progress.message)
     # Unseeded Keras initializers draw from the global generators: without this, two runs with the same
     # train.seed start from different weights. (Sets Python's, NumPy's and TensorFlow's global seeds.)
     keras.utils.set_random_seed(tc.seed)

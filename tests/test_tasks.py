@@ -89,7 +89,8 @@ def test_mirror_crops_give_a_clean_pair_a_nearly_exact_dct_tie_channel_where_per
     crops = [phantom[i:i + 40, j:j + 40] for i, j in ((0, 10), (30, 50), (56, 20))]
     errors = {}
     for boundary in ("periodic", "mirror"):
-        task = QPITask(DataConfig(noise="none", tie_channel=True, tie_regularization=1e-9, crop_boundary=boundary))
+        task = QPITask(DataConfig(noise="none", tie_channel=True, tie_regularization=1e-9, crop_boundary=boundary,
+                                  tie_solver="dct" if boundary == "mirror" else "fft"))
         maes = []
         for crop in crops:
             y, x = task.pair({"phase": tf.constant(crop[..., None])}, tf.constant([0, 0], tf.int64))

@@ -1,7 +1,8 @@
 """tf.data pipelines that build training pairs on the fly: banks of whole examples -> random crops -> pairs.
 
-    bank (in memory, or files read on demand) -> random crop (every array of the example at its own grid)
-        -> flips and quarter turns -> task.pair (forward physics, noise, normalisation) -> batch -> prefetch
+    bank (in memory, or files read on demand) -> random crop (every array of the example at its own grid; as
+        large as `task.field_size` asks) -> flips and quarter turns -> task.pair (forward physics, noise,
+        normalisation) -> batch -> prefetch
 
 Element i of a pipeline is a pure function of (seed, i): stateless random ops pick the example, the crop, the
 augmentation and the noise. So a parallel map is still reproducible, and a resumed run that starts at element
@@ -146,11 +147,12 @@ def make_dataset(task, bank, size: int, batch_size: int, seed: int, start: int =
     """
     k, n = shard
     part = batch_size // n
+    field = task.field_size(size)  # what `task.pair` makes a size x size pair from
 
     def element(j):
         i = start + j // part * batch_size + k * part + j % part  # the j-th element of this shard
         key = tf.stack([tf.constant(seed, tf.int64), i])
-        crop = bank.random_crop(size, tf.random.experimental.stateless_fold_in(key, 0))
+        crop = bank.random_crop(field, tf.random.experimental.stateless_fold_in(key, 0))
         if augment:
             crop = _augment(crop, tf.random.experimental.stateless_fold_in(key, 1))
         pair = task.pair(crop, tf.random.experimental.stateless_fold_in(key, 2))

@@ -134,6 +134,11 @@ class Task:
         """(train Bank, validation Bank or None, a short description) of the configured source."""
         raise NotImplementedError
 
+    def field_size(self, size: int) -> int:
+        """Side (output grid) of the bank crop a training pair of `size` px is made from: `size`, or more for a
+        task that simulates a wider field and crops it (QPI's camera frames)."""
+        return size
+
     def pair(self, crop: dict, seed):
         """One training pair (y [H, W, C_y], x [H, W, C_x]) from a crop (TensorFlow, inside tf.data)."""
         raise NotImplementedError

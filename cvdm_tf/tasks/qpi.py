@@ -24,6 +24,8 @@ Reconstructions are zero-mean phase maps in radians; compare them offset-free (c
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +41,10 @@ from cvdm_tf.errors import InputError
 from cvdm_tf.physics.fresnel import two_shot_intensities
 from cvdm_tf.physics import through_focus
 from cvdm_tf.physics.consistency import project
+from cvdm_tf.physics.microscope import Microscope, MicroscopeRange
 from cvdm_tf.physics.noise_estimate import immerkaer_sigma
-from cvdm_tf.physics.tie import noise_adaptive_regularization, tie_dct, tie_fft, tie_us, tune_regularization
+from cvdm_tf.physics.tie import (frame_regularization, noise_adaptive_regularization, tie_dct, tie_dirichlet, tie_fft,
+                                 tie_padded, tie_us, tune_regularization)
 from cvdm_tf.tasks import TASK_OPTIONS
 from cvdm_tf.tasks.base import Baseline, Case, Task
 
@@ -49,19 +53,38 @@ CONDITION_GAIN = 4.0
 TRAINING_PHANTOM_SEED = 2024  # the benchmarks test on phantoms drawn with seed 1234
 NOISE_MODELS = ("paper", "poisson", "none")
 TIE_WEIGHTS = ("fixed", "noise")
+TIE_SOLVERS = {"fft": tie_fft, "dct": tie_dct, "pad": tie_padded}
 # The noise channel holds NOISE_GAIN * sigma: the paper's noise (sigma <= 0.17) then spans [0, ~1.7].
 NOISE_GAIN = 10.0
+# The Fresnel-number channel holds log2(F / FRESNEL_REFERENCE) / 2: [-1, 1] for F in 4 .. 64.
+FRESNEL_REFERENCE = 16.0
+# Held out of the default training images by name, for the camera-crop benchmark (benchmarks/qpi_vs_tie.py).
+EVAL_IMAGES = ("astronaut", "camera", "cell", "coins")
+# A camera frame is simulated as the centre of a field this many times wider (crop_boundary = "camera").
+CAMERA_FIELD = 2
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where training images come from and the forward physics (cvdm-math.md section 6)."""
+    """Where training images come from and the forward physics (cvdm-math.md section 6).
 
-    source: str = ""  # "" = the images embedded in scikit-image; else a folder, an image or a .npy/.npz stack
+    `wavelength_um`, `pixel_size_um` and `defocus_um` are the microscope of a measurement: the default one, which
+    `cvdm-tf infer --wavelength --pixel-size --defocus` (or a file's metadata) replaces. The `*_min` / `*_max`
+    keys are the range training pairs are drawn from (cvdm_tf.physics.microscope); 0 pins them to the microscope
+    above, which is then the only one the model knows.
+    """
+
+    source: str = ""  # "" = the images embedded in scikit-image (less EVAL_IMAGES); else a folder, image or stack
     image_size: int = 64
     wavelength_um: float = 0.521
     pixel_size_um: float = 0.21
     defocus_um: float = 1.0
+    wavelength_min_um: float = 0.0
+    wavelength_max_um: float = 0.0
+    pixel_size_min_um: float = 0.0
+    pixel_size_max_um: float = 0.0
+    fresnel_min: float = 0.0  # F = wavelength * defocus / pixel_size^2, log-uniform; defocus = F dx^2 / lam
+    fresnel_max: float = 0.0
     phase_max: float = 3.5
     # "image": scale phase over the whole source image, then crop (keeps the physical phase gradients of the
     # full image); "crop": scale every crop to [0, phase_max] (the reference's choice).
@@ -75,41 +98,55 @@ class DataConfig:
     photons_per_pixel: float = 1000.0  # poisson noise
     read_noise: float = 2.0  # poisson noise: Gaussian read noise, in photons
     augment: bool = True
-    # Give the network the classical FFT-TIE phase as an extra condition channel (physics-informed
+    # Give the network the classical TIE phase as an extra condition channel (physics-informed
     # conditioning; with model.mean = "condition" the diffusion learns the correction to TIE).
     tie_channel: bool = False
+    # Its solver: "fft" (periodic), "dct" (Neumann) or "pad" (free space: the frame's source zero-padded).
+    tie_solver: str = "fft"
     tie_regularization: float = 1e-6
     # That estimate's Tikhonov weight: "fixed" (tie_regularization) or "noise" (each image's own, from the noise
     # level estimated on its intensities: physics.tie.noise_adaptive_regularization).
     tie_weight: str = "fixed"
+    # Plus tie_frame * (2 pi / min(H, W))^4 (physics.tie.frame_regularization): damps the large scales a camera
+    # frame leaves undetermined (0 = none: right for a periodic field).
+    tie_frame: float = 0.0
     # The estimated noise level (Immerkaer's, of I / mean(I)) as one more condition channel, constant over the image.
     noise_channel: bool = False
+    # The Fresnel number of the pair's microscope as one more condition channel, constant over the image.
+    fresnel_channel: bool = False
     # Synthetic cell phantoms (cvdm_tf.data.phantoms, 256 px) added to the training images.
     phantoms: int = 0
     # How a training crop is simulated: "periodic" (the FFT's wrap-around: the crop's opposite edges meet with a
-    # phase jump no microscope sees, which the TIE channel cannot explain even on a clean pair) or "mirror" (the
-    # crop continues as its mirror image, and its TIE channel is solved with the DCT, whose Neumann boundaries are
-    # that continuation: a clean crop of a smooth object then gets a nearly exact channel, as a whole image does
-    # from the FFT solver). Only training crops: whole images (`infer`, `simulate`, `eval`, the benchmarks) are
-    # simulated periodically and solved by FFT.
+    # phase jump no microscope sees), "mirror" (the crop continues as its mirror image) or "camera" (the crop is
+    # the centre of a field CAMERA_FIELD times wider, simulated whole: its edges are as ambiguous as a camera
+    # frame's, cut through objects whose light partly comes from outside). Eval and simulate: `camera_crop`.
     crop_boundary: str = "periodic"
+    # `cvdm-tf simulate` / `eval`: 0 simulates each image whole (periodic); N > 0 keeps the central N x N px of
+    # the simulated image (and its truth), a camera frame of a wider field.
+    camera_crop: int = 0
     # After sampling (`infer`, `eval`, napari, the benchmarks): this many data-consistency steps per sample
     # (physics.consistency: the sample made to reproduce its measurement through Fresnel propagation, with TIE as
     # the pseudo-inverse), 0 = off. Their TIE weight is the noise-adaptive one times consistency_weight: larger
     # trusts the measurement only in frequencies far above its noise.
     data_consistency: int = 0
     consistency_weight: float = 1e3
+    # "periodic" (forward and inverse on the periodic grid: right only for periodic fields) or "frame" (mirror
+    # forward, Dirichlet TIE: corrects the sample's Laplacian inside the frame and leaves what the frame does not
+    # fix, its edge values, to the sample).
+    consistency_boundary: str = "periodic"
 
     def __post_init__(self):
         check_choice("data.noise", self.noise, NOISE_MODELS)
         check_choice("data.phase_scaling", self.phase_scaling, ("image", "crop"))
         check_choice("data.tie_weight", self.tie_weight, TIE_WEIGHTS)
-        check_choice("data.crop_boundary", self.crop_boundary, ("periodic", "mirror"))
+        check_choice("data.tie_solver", self.tie_solver, tuple(TIE_SOLVERS))
+        check_choice("data.crop_boundary", self.crop_boundary, ("periodic", "mirror", "camera"))
+        check_choice("data.consistency_boundary", self.consistency_boundary, ("periodic", "frame"))
         check_positive("data.image_size", self.image_size)
         for name in ("wavelength_um", "pixel_size_um", "defocus_um", "phase_max", "photons_per_pixel"):
             if not getattr(self, name) > 0:
                 raise InputError(f"data.{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("noise_max", "read_noise", "tie_regularization"):
+        for name in ("noise_max", "read_noise", "tie_regularization", "tie_frame", "camera_crop"):
             check_non_negative(f"data.{name}", getattr(self, name))
         if not 0 <= self.noise_free_fraction <= 1:
             raise InputError(f"data.noise_free_fraction: must be in [0, 1], got {self.noise_free_fraction}")
@@ -117,6 +154,29 @@ class DataConfig:
         check_positive("data.consistency_weight", self.consistency_weight)
         if not 0 <= self.absorption < 1:
             raise InputError(f"data.absorption: must be in [0, 1), got {self.absorption}")
+        # Unset ranges (0) are pinned to the microscope now, so that a later `replace` of the microscope (a
+        # measurement's own physics) keeps the range the model was trained on.
+        fixed = Microscope(self.wavelength_um, self.pixel_size_um, self.defocus_um)
+        for low, high, value in (("wavelength_min_um", "wavelength_max_um", fixed.wavelength_um),
+                                 ("pixel_size_min_um", "pixel_size_max_um", fixed.pixel_size_um),
+                                 ("fresnel_min", "fresnel_max", fixed.fresnel_number)):
+            if getattr(self, low) == 0 and getattr(self, high) == 0:
+                object.__setattr__(self, low, float(value))
+                object.__setattr__(self, high, float(value))
+            if not 0 < getattr(self, low) <= getattr(self, high):
+                raise InputError(f"data.{low}, data.{high}: need 0 < min <= max, got {getattr(self, low)}, "
+                                 f"{getattr(self, high)}")
+
+    @property
+    def microscope(self) -> Microscope:
+        """The measurement's physics."""
+        return Microscope(self.wavelength_um, self.pixel_size_um, self.defocus_um)
+
+    @property
+    def training_range(self) -> MicroscopeRange:
+        """The microscopes training pairs are drawn from."""
+        return MicroscopeRange((self.wavelength_min_um, self.wavelength_max_um),
+                               (self.pixel_size_min_um, self.pixel_size_max_um), (self.fresnel_min, self.fresnel_max))
 
 
 class QPITask(Task):
@@ -141,7 +201,8 @@ class QPITask(Task):
 
     @property
     def condition_channels(self) -> int:
-        return 2 + int(self.data.noise_channel) + int(self.data.tie_channel)
+        d = self.data
+        return 2 + int(d.noise_channel) + int(d.fresnel_channel) + int(d.tie_channel)
 
     @property
     def condition_has_estimate(self) -> bool:
@@ -156,12 +217,34 @@ class QPITask(Task):
     def describe_measurement(self) -> str:
         return "the raw intensity pair I(-dz), I(+dz), as `cvdm-tf simulate` writes it"
 
+    # --- the measurement's physics ---
+    @property
+    def microscope(self) -> Microscope:
+        return self.data.microscope
+
+    def check_physics(self):
+        """An InputError naming the training range when the measurement's microscope lies outside it."""
+        problem = self.data.training_range.problem(self.data.microscope.check())
+        if problem:
+            raise InputError(problem)
+
+    def with_microscope(self, wavelength_um=None, pixel_size_um=None, defocus_um=None) -> "QPITask":
+        """This task for a measurement made with other physics (None keeps the current value)."""
+        given = {key: float(value) for key, value in (("wavelength_um", wavelength_um),
+                                                      ("pixel_size_um", pixel_size_um),
+                                                      ("defocus_um", defocus_um)) if value is not None}
+        if not given:
+            return self
+        Microscope(**{**vars(self.microscope), **given}).check()
+        return type(self)(dataclasses.replace(self.data, **given))
+
     # --- physics ---
-    def measure(self, phase, boundary="periodic"):
+    def measure(self, phase, boundary="periodic", microscope: Microscope | None = None):
         """phase [..., H, W] (radians) -> noise-free raw intensities [..., H, W, 2] = (I(-dz), I(+dz)) of the thin
-        object amplitude(phi) * exp(i phi); `boundary` as in `two_shot_intensities`."""
-        d = self.data
-        return two_shot_intensities(phase, d.defocus_um, d.wavelength_um, d.pixel_size_um,
+        object amplitude(phi) * exp(i phi), through `microscope` (default: the measurement's); `boundary` as in
+        `two_shot_intensities`."""
+        m = microscope or self.microscope
+        return two_shot_intensities(phase, m.defocus_um, m.wavelength_um, m.pixel_size_um,
                                     amplitude=self.amplitude(phase), boundary=boundary)
 
     def amplitude(self, phase):
@@ -194,30 +277,44 @@ class QPITask(Task):
         raise ValueError(f"unknown noise model {noise!r}")
 
     # --- units ---
-    def normalize_condition(self, intensities, tie_solver="fft"):
+    def normalize_condition(self, intensities, microscope: Microscope | None = None):
         """Raw intensities [..., H, W, 2] -> network condition y (per image: divided by its mean intensity;
-        plus the estimated noise level with `noise_channel`, and the TIE phase in target units, last, with
-        `tie_channel`, by the FFT solver or `tie_solver`). Apply it to whole images, before any tiling."""
+        plus the estimated noise level with `noise_channel`, the Fresnel number with `fresnel_channel`, and the
+        TIE phase in target units, last, with `tie_channel`), through `microscope` (default: the measurement's).
+        Apply it to whole images, before any tiling."""
         d = self.data
+        m = microscope or self.microscope
         y = (_relative(intensities) - 1.0) * CONDITION_GAIN
+        constant = lambda value: tf.ones_like(y[..., :1]) * value  # noqa: E731
         if d.noise_channel:
             sigma = self.noise_level(intensities)
-            y = tf.concat([y, tf.ones_like(y[..., :1]) * (NOISE_GAIN * sigma)[..., None, None, None]], axis=-1)
+            y = tf.concat([y, constant((NOISE_GAIN * sigma)[..., None, None, None])], axis=-1)
+        if d.fresnel_channel:
+            octaves = tf.math.log(tf.cast(m.fresnel_number, tf.float32) / FRESNEL_REFERENCE) / math.log(2.0)
+            y = tf.concat([y, constant(octaves / 2.0)], axis=-1)
         if d.tie_channel:
-            weight = self.noise_weight(intensities) if d.tie_weight == "noise" else d.tie_regularization
-            tie = self.baseline(intensities, weight, tie_solver)
+            tie = self.baseline(intensities, self.tie_weight(intensities, m), d.tie_solver, m)
             y = tf.concat([y, 2.0 * tie / d.phase_max], axis=-1)
         return y
+
+    def tie_weight(self, intensities, microscope: Microscope | None = None):
+        """The Tikhonov weight of the TIE channel: fixed, or each pair's noise-adaptive one; plus the frame's."""
+        d = self.data
+        weight = self.noise_weight(intensities, microscope) if d.tie_weight == "noise" else d.tie_regularization
+        if d.tie_frame:
+            shape = tf.shape(intensities)
+            weight = weight + frame_regularization(shape[-3], shape[-2], d.tie_frame)
+        return weight
 
     def noise_level(self, intensities):
         """Immerkaer's noise std of each pair [..., H, W, 2], divided by its mean intensity: float32 [...]."""
         return immerkaer_sigma(_relative(intensities))
 
-    def noise_weight(self, intensities):
+    def noise_weight(self, intensities, microscope: Microscope | None = None):
         """Each pair's noise-adaptive Tikhonov weight, [..., 1, 1] (broadcasts over its H x W)."""
-        d = self.data
-        weight = noise_adaptive_regularization(self.noise_level(intensities), d.defocus_um, d.wavelength_um,
-                                               d.pixel_size_um)
+        m = microscope or self.microscope
+        weight = noise_adaptive_regularization(self.noise_level(intensities), m.defocus_um, m.wavelength_um,
+                                               m.pixel_size_um)
         return weight[..., None, None]
 
     condition = normalize_condition
@@ -241,26 +338,73 @@ class QPITask(Task):
         return std * (self.data.phase_max / 2.0)
 
     # --- pairs and baseline ---
+    def field_size(self, size: int) -> int:
+        """Side of the bank crop a training pair of `size` px is simulated from: the camera's wider field, and
+        room to zoom out to the largest pixel size of the training range (source images count as sampled at
+        `pixel_size_um`)."""
+        d = self.data
+        wide = size * (CAMERA_FIELD if d.crop_boundary == "camera" else 1)
+        zoom = max(d.pixel_size_max_um / d.pixel_size_um, 1.0)
+        return int(math.ceil(wide * zoom - 1e-9))
+
+    def training_microscope(self, seed) -> Microscope:
+        """The microscope of one training pair: drawn from the training range, or the fixed one."""
+        if self.data.training_range.is_single:
+            return self.microscope
+        return self.data.training_range.draw(seed)
+
     def pair(self, crop, seed):
-        """One training pair from a crop {"phase": [H, W, 1]}: (y [H, W, C_y], x [H, W, 1])."""
-        phase = crop["phase"][..., 0]
-        if self.data.phase_scaling == "crop":
-            low, high = tf.reduce_min(phase), tf.reduce_max(phase)
-            phase = (phase - low) / tf.maximum(high - low, 1e-6) * self.data.phase_max
-        clean = self.measure(phase, boundary=self.data.crop_boundary)
+        """One training pair from a crop {"phase": [S, S, 1]}, S = field_size(image_size): (y [size, size, C_y],
+        x [size, size, 1]), size = image_size (any S when the crop is simulated as it is: one microscope, not
+        "camera").
+
+        Steps:
+            1. the pair's microscope (drawn from the training range);
+            2. the field it sees: a centred window of the crop, size * CAMERA_FIELD (camera) or size px at the
+               pair's pixel size, resampled to that many pixels (zoom: a coarser pixel sees more of the object);
+            3. phase scaling ("crop"), Fresnel propagation of the field (boundary as crop_boundary), noise;
+            4. camera: the centre size x size px of intensities and phase;
+            5. the condition, with the pair's microscope, and the offset-free target.
+        """
+        d = self.data
+        microscope = self.training_microscope(tf.random.experimental.stateless_fold_in(seed, 3))
+        size = int(crop["phase"].shape[0])  # static: field_size(image_size)
+        camera, zoom = d.crop_boundary == "camera", not d.training_range.is_single
+        out = d.image_size if camera or zoom else size
+        wide = out * (CAMERA_FIELD if camera else 1)
+        phase = crop["phase"]
+        if zoom or size != wide:
+            # A window of wide * dx / pixel_size_um source pixels (rounded; the pixel size follows the rounding,
+            # at the drawn F), resampled with antialiasing to `wide` pixels.
+            window = tf.cast(tf.round(wide * microscope.pixel_size_um / d.pixel_size_um), tf.int32)
+            window = tf.clip_by_value(window, 1, size)
+            pixel = d.pixel_size_um * tf.cast(window, tf.float32) / wide
+            microscope = Microscope(microscope.wavelength_um, pixel,
+                                    microscope.fresnel_number * pixel**2 / microscope.wavelength_um)
+            start = (size - window) // 2
+            phase = tf.image.resize(phase[start:start + window, start:start + window], [wide, wide], antialias=True)
+        phase = phase[..., 0]
+        if d.phase_scaling == "crop":
+            lowest, highest = tf.reduce_min(phase), tf.reduce_max(phase)
+            phase = (phase - lowest) / tf.maximum(highest - lowest, 1e-6) * d.phase_max
+        boundary = "periodic" if d.crop_boundary == "camera" else d.crop_boundary
+        clean = self.measure(phase, boundary=boundary, microscope=microscope)
         intensities = self.add_noise(clean, seed)
-        if self.data.noise_free_fraction > 0:
+        if d.noise_free_fraction > 0:
             # Without enough clean pairs the model never learns that a clean pair leaves nothing to correct.
             draw = tf.random.stateless_uniform([], seed=tf.random.experimental.stateless_fold_in(seed, 2))
-            intensities = tf.where(draw < self.data.noise_free_fraction, clean, intensities)
-        solver = "dct" if self.data.crop_boundary == "mirror" else "fft"
-        return self.normalize_condition(intensities, solver), self.normalize_target(phase)
+            intensities = tf.where(draw < d.noise_free_fraction, clean, intensities)
+        if wide != out:
+            start = (wide - out) // 2
+            phase = phase[start:start + out, start:start + out]
+            intensities = intensities[start:start + out, start:start + out]
+        return self.normalize_condition(intensities, microscope), self.normalize_target(phase)
 
-    def baseline(self, intensities, regularization=1e-6, solver="fft"):
-        """The classical answer: TIE phase (zero-mean radians) [..., H, W, 1], FFT or "dct" solver."""
-        d = self.data
-        solve = tie_dct if solver == "dct" else tie_fft
-        phase = solve(intensities, d.defocus_um, d.wavelength_um, d.pixel_size_um, regularization)
+    def baseline(self, intensities, regularization=1e-6, solver="fft", microscope: Microscope | None = None):
+        """The classical answer: TIE phase (zero-mean radians) [..., H, W, 1] by the "fft", "dct" or "pad"
+        solver, through `microscope` (default: the measurement's)."""
+        m = microscope or self.microscope
+        phase = TIE_SOLVERS[solver](intensities, m.defocus_um, m.wavelength_um, m.pixel_size_um, regularization)
         return phase[..., None]
 
     # --- after sampling ---
@@ -270,17 +414,31 @@ class QPITask(Task):
 
     def refine(self, samples, measurement):
         """Data consistency (physics.consistency.project): each phase sample [..., K, H, W, 1] (rad) moved, in
-        `data_consistency` steps, to reproduce its intensity pair [..., H, W, 2] through `measure`, with FFT-TIE at
+        `data_consistency` steps, to reproduce its intensity pair [..., H, W, 2] through `measure`, with TIE at
         consistency_weight times the pair's noise-adaptive weight as the pseudo-inverse. Offset-free in and out.
-        Pure TensorFlow (traced into the SavedModel)."""
+        Pure TensorFlow (traced into the SavedModel).
+
+        `consistency_boundary = "periodic"`: forward and TIE on the periodic grid, as the periodic simulation
+        makes the pair. "frame": the forward model continues the sample by its mirror image, and the
+        pseudo-inverse is `tie_dirichlet`, which ignores the source within 2 sqrt(F) px of the edge (a few Fresnel
+        zones, where light came from outside the frame) and holds the correction at 0 on the edge: the sample's
+        Laplacian inside the frame is made the measurement's, its edge values (what the frame does not fix) stay.
+        """
         d = self.data
         if not self.refines:
             return samples
+        m = self.microscope
         pair = tf.convert_to_tensor(measurement, tf.float32)[..., None, :, :, :]
         weight = d.consistency_weight * self.noise_weight(pair)
-        tie = lambda intensities: tie_fft(intensities, d.defocus_um, d.wavelength_um, d.pixel_size_um,  # noqa: E731
-                                          weight)
-        phase = project(tf.convert_to_tensor(samples, tf.float32)[..., 0], pair, self.measure, tie,
+        physics = (m.defocus_um, m.wavelength_um, m.pixel_size_um)
+        if d.consistency_boundary == "frame":
+            margin = int(math.ceil(2.0 * math.sqrt(m.fresnel_number)))
+            forward = lambda phase: self.measure(phase, boundary="mirror")  # noqa: E731
+            inverse = lambda intensities: tie_dirichlet(intensities, *physics, weight, margin)  # noqa: E731
+        else:
+            forward = self.measure
+            inverse = lambda intensities: tie_fft(intensities, *physics, weight)  # noqa: E731
+        phase = project(tf.convert_to_tensor(samples, tf.float32)[..., 0], pair, forward, inverse,
                         d.data_consistency)
         return phase[..., None]
 
@@ -449,7 +607,7 @@ def phase_from_image(image: np.ndarray, source_dtype, phase_max: float) -> np.nd
 def load_ground_truth(data_config, min_size: int, warn=None) -> list[tuple[str, np.ndarray]]:
     """The ground-truth phase images of a data config as (name, [H, W] float32 radians).
 
-    `source = ""` takes the images embedded in scikit-image; otherwise a folder (searched recursively), an image,
+    `source = ""` takes the images embedded in scikit-image but EVAL_IMAGES; otherwise a folder (searched recursively), an image,
     or a .npy/.npz stack. Integer images are scaled by their dtype's range, float images by their own min/max,
     then to [0, phase_max] over the whole image (`phase_scaling = "image"`; "crop" leaves them in [0, 1] and
     scales every crop to [0, phase_max] instead).
@@ -461,7 +619,7 @@ def load_ground_truth(data_config, min_size: int, warn=None) -> list[tuple[str, 
         items = [(name, sources.to_unit_range(sources.to_grayscale(image), dtype)[..., 0])
                  for name, image, dtype in sources.iter_source_images(data_config.source, with_dtype=True)]
     else:
-        items = [(name, image[..., 0]) for name, image in sources.embedded_images()]
+        items = [(name, image[..., 0]) for name, image in sources.embedded_images() if name not in EVAL_IMAGES]
     usable = sources.large_enough(items, min_size, data_config.source or "the embedded images", warn)
     if data_config.phantoms:
         # Synthetic cells beside the natural images widen the training distribution towards what a phase
