@@ -1,15 +1,32 @@
-"""QPI: a trained CVDM against the best-tuned classical TIE baseline, on phase objects the model never saw.
+"""QPI: a trained CVDM against the best-tuned classical TIE solvers, on phase objects the model never saw.
 
-    python benchmarks/qpi_vs_tie.py --model runs/qpi-... [--images 8] [--size 128] [--samples K] [--json out.json]
+    python benchmarks/qpi_vs_tie.py --model RUN [--protocol camera|periodic] [--microscope LAM,DX,DZ ...]
+                                    [--defocus-mismatch R] [--absorption A] [--images 8] [--size 128] [--json F]
 
-Test objects: cell-like phantoms (cvdm_tf.data.phantoms, not from scikit-image), simulated with the run's physics,
-once noise-free and once with the paper's noise model. TIE (FFT and DCT solvers) gets its Tikhonov weight tuned on
-these very images and their truth (an oracle choice: the best TIE can possibly do), once for all images and once
-for each image (stronger, as the noise level differs from image to image); a third FFT-TIE row picks each image's
-weight from the noise level estimated on its pair (no truth: what a user can run). CVDM's samples get the run's
-data-consistency steps, as `cvdm-tf infer` gives them (`--consistency 0` for the sampler's mean alone). Every
-error is offset-free (each image's mean phase subtracted), in radians. Prints a markdown table and optionally
-writes JSON.
+Protocols:
+- `camera` (the headline): each test image is a field twice as wide as the frame (2 x size px), simulated whole,
+  and the camera sees its central size x size px. The frame's edges cut through objects and receive light from
+  outside it, as in every real camera frame, and nothing about the field repeats: a periodic solver or forward
+  model gets no help from the simulation. Fields: `--images` of cell phantoms (cells of 2-5.5 um at the
+  microscope's pixel size) and one window of each natural image held out of QPI training
+  (`cvdm_tf.tasks.qpi.EVAL_IMAGES`). Microscopes: the run's default and 0.60 um / 0.16 um / 2.0 um, unless
+  `--microscope` is given (repeatable; `default` names the run's).
+- `periodic`: `--images` cell phantoms of size px, simulated and measured as a whole periodic image (the
+  simulation and the FFT solver share their boundaries: the benchmark of earlier releases). The model is told
+  so (`--boundary periodic`): its TIE channel is then FFT-TIE, its data-consistency step periodic.
+
+Every method is told the microscope the pairs claim; with `--defocus-mismatch R` they were recorded at R times
+that defocus (a 10% calibration error: 1.1). `--absorption A` gives the objects amplitude 1 - A phi / phase_max.
+
+Methods, every error offset-free (each image's mean phase removed), in radians:
+- TIE with the FFT (periodic), DCT (Neumann), zero-padded FFT (free space) and US-TIE (non-uniform intensity)
+  solvers, each with one Tikhonov weight tuned on these very images and their truth (an oracle: the best that
+  solver can do); FFT-TIE also with each image's own oracle weight;
+- the TIE channel the model sees (its solver, the noise-adaptive weight: no truth);
+- `+ step`: the run's data-consistency step (`data.data_consistency`, `--consistency N` to change it) applied
+  to the best of the oracle TIE rows and to every CVDM sample, so that both get the same post-processing;
+- CVDM: the mean of the run's K samples (its sampler), with and without the step.
+Prints one markdown table per microscope and optionally writes JSON.
 """
 
 from __future__ import annotations
@@ -28,29 +45,96 @@ import tensorflow as tf  # noqa: E402
 
 from cvdm_tf.data.phantoms import cell_phantoms  # noqa: E402
 from cvdm_tf.metrics import mae, ms_ssim, offset_free  # noqa: E402
-from cvdm_tf.physics.tie import tie_dct, tie_fft, tune_regularization  # noqa: E402
+from cvdm_tf.physics.tie import tie_us, tune_regularization  # noqa: E402
 from cvdm_tf.runs import load_run  # noqa: E402
 from cvdm_tf.sampler import Sampler  # noqa: E402
 from cvdm_tf.tasks import make_task  # noqa: E402
+from cvdm_tf.tasks.qpi import TIE_SOLVERS, camera_fields  # noqa: E402
 
-
+SECOND_MICROSCOPE = (0.60, 0.16, 2.0)
+ORACLE_SOLVERS = (("TIE (FFT)", "fft"), ("TIE (DCT)", "dct"), ("TIE (zero-padded FFT)", "pad"), ("US-TIE", "us"))
 EACH_IMAGE_TIE = "TIE (FFT), each image's oracle weight"
 
 
-def offset_free_scores(estimates, truths):
+def scores(estimates, truths):
+    """Mean offset-free MAE and MS-SSIM (data range: each truth's)."""
     maes, ssims = [], []
     for estimate, truth in zip(estimates, truths):
         a, b = offset_free(np.asarray(estimate, np.float64), np.asarray(truth, np.float64))
         maes.append(mae(a, b))
         ssims.append(ms_ssim(a, b, data_range=float(truth.max() - truth.min())))
-    return float(np.mean(maes)), float(np.mean(ssims))
+    return {"mae": float(np.mean(maes)), "ms_ssim": float(np.mean(ssims))}
+
+
+def test_images(protocol, count, size, pixel_size_um, seed, phase_max):
+    """(name, truth phase) of the fields to simulate: wide fields (camera) or whole images (periodic)."""
+    if protocol == "camera":
+        return camera_fields(count, 2 * size, pixel_size_um, seed, phase_max)
+    return [(f"cells{i}", phase) for i, phase in enumerate(
+        cell_phantoms(count, size, seed=seed, peak=phase_max * 0.85, pixel_size_um=pixel_size_um))]
+
+
+def solve(solver, measured, weight, microscope):
+    m = microscope
+    solve_one = tie_us if solver == "us" else TIE_SOLVERS[solver]
+    return solve_one(measured, m.defocus_um, m.wavelength_um, m.pixel_size_um, weight).numpy()
+
+
+def benchmark(task, sampler, args, microscope, noise):
+    """One microscope, one noise model: {method: scores}."""
+    d = task.data
+    recorded = task.with_microscope(defocus_um=microscope.defocus_um * args.defocus_mismatch)
+    fields = test_images(args.protocol, args.images, args.size, microscope.pixel_size_um, args.seed, d.phase_max)
+    cases = [recorded.simulate_case(name, phase, noise, (args.seed, i)) for i, (name, phase) in enumerate(fields)]
+    measured = tf.constant(np.stack([case.measurement for case in cases]))
+    truths = [case.truth for case in cases]
+    physics = dict(defocus_um=microscope.defocus_um, wavelength_um=microscope.wavelength_um,
+                   pixel_size_um=microscope.pixel_size_um)
+    row, oracle = {}, {}
+    for name, solver in ORACLE_SOLVERS:
+        best, _ = tune_regularization(measured, np.stack(truths), solver=solver, **physics)
+        oracle[name] = solve(solver, measured, best, microscope)
+        row[name] = {"regularization": best, **scores(oracle[name], truths)}
+    own = [tune_regularization(measured[i:i + 1], truths[i][None], **physics)[0] for i in range(len(truths))]
+    row[EACH_IMAGE_TIE] = {"regularization": own, **scores(
+        solve("fft", measured, np.array(own, np.float32)[:, None, None], microscope), truths)}
+    y = task.normalize_condition(measured)
+    if d.tie_channel:
+        row["TIE channel (model input)"] = scores(task.denormalize_target(y[..., -1:]).numpy()[..., 0], truths)
+    if task.refines:
+        best = min(oracle, key=lambda name: row[name]["mae"])
+        stepped = np.asarray(task.refine(oracle[best][:, None, :, :, None], measured))[:, 0, ..., 0]
+        row[f"{best} + step"] = scores(stepped, truths)
+    began, cpu = time.perf_counter(), time.process_time()
+    out = sampler(y, steps=args.steps, samples=args.samples, seed=args.seed, method=args.sampler)
+    drawn = task.denormalize_target(out["samples"]).numpy()
+    row["CVDM, sampler alone" if task.refines else "CVDM"] = {
+        **scores(drawn.mean(axis=1)[..., 0], truths), "mean_std_rad": float(np.mean(drawn.std(axis=1, ddof=1)))}
+    if task.refines:
+        # As `cvdm-tf infer`: each sample refined against its own pair, then the mean.
+        drawn = np.asarray(task.refine(drawn, measured))
+        row["CVDM + step"] = {**scores(drawn.mean(axis=1)[..., 0], truths),
+                              "mean_std_rad": float(np.mean(drawn.std(axis=1, ddof=1)))}
+    wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+    row["cpu_seconds_per_image"] = cpu / len(truths)
+    row["wall_seconds_per_image"] = wall / len(truths)
+    return row, [name for name, _ in fields]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="run folder of `cvdm-tf train`")
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--model", required=True, help="run folder of `cvdm-tf train`, or builtin:qpi")
+    parser.add_argument("--protocol", choices=["camera", "periodic"], default="camera")
+    parser.add_argument("--microscope", action="append",
+                        help="LAM,DX,DZ in um, or `default` (repeatable; default: the run's and 0.60,0.16,2.0 for "
+                             "camera, the run's for periodic)")
+    parser.add_argument("--defocus-mismatch", type=float, default=1.0,
+                        help="pairs recorded at this times the defocus every method assumes")
+    parser.add_argument("--absorption", type=float, default=0.0)
+    parser.add_argument("--images", type=int, default=8, help="cell images (camera: plus the natural ones)")
+    parser.add_argument("--size", type=int, default=128, help="frame (camera) or image (periodic) side, px")
+    parser.add_argument("--noise", action="append", choices=["paper", "none", "poisson"],
+                        help="noise models (repeatable; default paper and none)")
     parser.add_argument("--samples", type=int, help="samples K (default: the run's)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
     parser.add_argument("--seed", type=int, default=1234)
@@ -65,67 +149,55 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     config, task, model = load_run(args.model)
-    if args.consistency is not None or args.consistency_weight is not None:
-        task = make_task(task.name, dataclasses.replace(
-            config.data, data_consistency=config.data.data_consistency if args.consistency is None
-            else args.consistency, consistency_weight=args.consistency_weight or config.data.consistency_weight))
-    steps = args.steps or config.sampler.steps
-    args.samples = args.samples or config.sampler.samples
     d = config.data
-    physics = dict(defocus_um=d.defocus_um, wavelength_um=d.wavelength_um, pixel_size_um=d.pixel_size_um)
-    truths = cell_phantoms(args.images, args.size, seed=args.seed, peak=d.phase_max * 0.85)
-    method = args.sampler or config.sampler.method
+    changes = {key: value for key, value in (("data_consistency", args.consistency),
+                                            ("consistency_weight", args.consistency_weight),
+                                            ("absorption", args.absorption)) if value is not None}
+    # What the measurements are, as `--boundary` tells `cvdm-tf infer`: camera frames, or periodic fields.
+    changes.update(camera_crop=args.size if args.protocol == "camera" else 0, boundary=args.protocol)
+    task = make_task(task.name, dataclasses.replace(d, **changes))
+    args.steps = args.steps or config.sampler.steps
+    args.samples = args.samples or config.sampler.samples
+    args.sampler = args.sampler or config.sampler.method
     sampler = Sampler(model, discretisation=args.discretisation or config.sampler.discretisation,
                       grid=config.sampler.grid, precision=args.precision or config.sampler.precision)
-    precision = sampler.precision
-    results = {"model": args.model, "images": args.images, "size": args.size, "samples": args.samples,
-               "steps": steps, "sampler": method, "precision": precision, "noise": {}}
-
-    for noise in ("paper", "none"):
-        clean = task.measure(tf.constant(np.stack(truths)))
-        measured = tf.stack([task.add_noise(clean[i], tf.constant([args.seed, i], tf.int64), noise=noise)
-                             for i in range(args.images)])
-        row = {}
-        for name, solver in (("TIE (FFT)", tie_fft), ("TIE (DCT)", tie_dct)):
-            best, _ = tune_regularization(measured, np.stack(truths), solver=name[5:8].lower(), **physics)
-            estimates = solver(measured, regularization=best, **physics).numpy()
-            row[name] = {"regularization": best, **dict(zip(("mae", "ms_ssim"), offset_free_scores(estimates, truths)))}
-        # Each image its own oracle weight: stronger than one weight for all, since the noise differs per image.
-        own = [tune_regularization(measured[i:i + 1], truths[i][None], **physics)[0] for i in range(args.images)]
-        estimates = tie_fft(measured, regularization=np.array(own, np.float32)[:, None, None], **physics).numpy()
-        row[EACH_IMAGE_TIE] = {
-            "regularization": own, **dict(zip(("mae", "ms_ssim"), offset_free_scores(estimates, truths)))}
-        # No truth: the weight from the noise level the pair itself shows.
-        weights = task.noise_weight(measured)
-        estimates = tie_fft(measured, regularization=weights, **physics).numpy()
-        row["TIE (FFT), noise-adaptive weight"] = {
-            "regularization": weights.numpy().ravel().tolist(),
-            **dict(zip(("mae", "ms_ssim"), offset_free_scores(estimates, truths)))}
-        y = task.normalize_condition(measured)
-        if d.tie_channel:
-            tie_input = task.denormalize_target(y[..., -1:]).numpy()[..., 0]
-            row["TIE channel (model input)"] = dict(zip(("mae", "ms_ssim"), offset_free_scores(tie_input, truths)))
-        began, cpu = time.perf_counter(), time.process_time()
-        out = sampler(y, steps=steps, samples=args.samples, seed=args.seed, method=method)
-        # As `cvdm-tf infer`: each sample refined against its own pair (data consistency, when the run asks).
-        drawn = task.denormalize_target(out["samples"]).numpy()
-        drawn = np.asarray(task.refine(drawn, measured))
-        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
-        estimates = drawn.mean(axis=1)[..., 0]
-        scores = dict(zip(("mae", "ms_ssim"), offset_free_scores(estimates, truths)))
-        row["CVDM"] = {**scores, "mean_std_rad": float(np.mean(drawn.std(axis=1, ddof=1))),
-                       "seconds_per_image": wall / args.images, "cpu_seconds_per_image": cpu / args.images}
-        results["noise"][noise] = row
-
-    print(f"\n{args.images} cell phantoms, {args.size} px, offset-free; CVDM: {args.samples} samples, {steps} "
-          f"{method} steps, {args.discretisation or config.sampler.discretisation} discretisation, {precision}, "
-          f"{task.data.data_consistency} data-consistency steps; TIE regularisation tuned on the test images "
-          "(oracle)\n")
-    print("| method | MAE noisy (rad) | MS-SSIM noisy | MAE noise-free (rad) | MS-SSIM noise-free |")
-    print("|---|---|---|---|---|")
-    for method in results["noise"]["paper"]:
-        noisy, clean = results["noise"]["paper"][method], results["noise"]["none"][method]
-        print(f"| {method} | {noisy['mae']:.4f} | {noisy['ms_ssim']:.4f} | {clean['mae']:.4f} | {clean['ms_ssim']:.4f} |")
+    named = args.microscope or (["default", ",".join(map(str, SECOND_MICROSCOPE))] if args.protocol == "camera"
+                                else ["default"])
+    results = {"model": args.model, "protocol": args.protocol, "size": args.size, "samples": args.samples,
+               "steps": args.steps, "sampler": args.sampler, "precision": sampler.precision,
+               "defocus_mismatch": args.defocus_mismatch, "absorption": args.absorption,
+               "data_consistency": task.data.data_consistency,
+               "microscopes": {}}
+    noises = args.noise or ["paper", "none"]
+    for spec in named:
+        if spec == "default":
+            scope = task
+        else:
+            wavelength, pixel, defocus = (float(v) for v in spec.split(","))
+            scope = task.with_microscope(wavelength, pixel, defocus)
+        microscope = scope.microscope
+        try:
+            scope.check_physics()
+        except Exception as err:  # measured all the same: how a model fares outside its range is worth knowing
+            print(f"\nnote: {err}")
+        rows = {}
+        for noise in noises:
+            rows[noise], names = benchmark(scope, sampler, args, microscope, noise)
+        results["microscopes"][microscope.describe()] = {"images": names, **rows}
+        what = (f"{len(names)} camera frames of {args.size} px, the centres of fields of {2 * args.size} px "
+                f"({', '.join(names)})" if args.protocol == "camera"
+                else f"{len(names)} periodic cell phantoms of {args.size} px")
+        print(f"\n{microscope.describe()}; {what}; recorded at {args.defocus_mismatch:g} x the defocus, "
+              f"absorption {args.absorption:g}. CVDM: K = {args.samples}, {args.steps} {args.sampler} steps, "
+              f"{sampler.precision}; {task.data.data_consistency} data-consistency step(s); "
+              "TIE weights tuned on the test images (oracle); offset-free MAE in rad\n")
+        print("| method | " + " | ".join(f"MAE {n} | MS-SSIM {n}" for n in noises) + " |")
+        print("|---" * (1 + 2 * len(noises)) + "|")
+        methods = [k for k, v in rows[noises[0]].items() if isinstance(v, dict)]
+        for method in methods:
+            cells = " | ".join(f"{rows[n][method]['mae']:.4f} | {rows[n][method]['ms_ssim']:.4f}" for n in noises)
+            print(f"| {method} | {cells} |")
+        print(f"\nCVDM: {rows[noises[0]]['cpu_seconds_per_image']:.1f} CPU-s per image")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

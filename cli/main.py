@@ -127,14 +127,16 @@ def _param(flag: str) -> str:
 
 
 def apply_task_options(task_name: str, data, values: dict, command_name: str):
-    """(data config with the given task options applied, {baseline: {keyword: value}}, {reader keyword: value});
-    an InputError for an option of another task."""
+    """(data config with the given task options applied, {baseline: {keyword: value}}, {reader keyword: value},
+    {physics key: value}); an InputError for an option of another task. Physics (a measurement's wavelength,
+    pixel size, defocus) stays apart from the data config: `infer` lets a file's metadata fill what is not given,
+    and every command but `simulate` checks it against the model's training range."""
     import dataclasses
 
     from cvdm_tf.tasks import TASK_OPTIONS
 
     own = {option.flag: option for option in TASK_OPTIONS[task_name] if command_name in option.commands}
-    changes, baseline_options, reader_options = {}, {}, {}
+    changes, baseline_options, reader_options, physics = {}, {}, {}, {}
     for flag, value in values.items():
         if value is None:
             continue
@@ -145,10 +147,12 @@ def apply_task_options(task_name: str, data, values: dict, command_name: str):
             baseline_options.setdefault(option.baseline, {})[option.key] = value
         elif option.reader:
             reader_options[option.key] = value
+        elif option.physics:
+            physics[option.key] = value
         else:
             changes[option.key] = value
     try:
-        return dataclasses.replace(data, **changes), baseline_options, reader_options
+        return dataclasses.replace(data, **changes), baseline_options, reader_options, physics
     except InputError as err:
         raise InputError(f"option: {err}") from None
 
@@ -250,10 +254,10 @@ def simulate(task, input_path, out, noise, seed, task_values):
     from cvdm_tf.tasks import get_task
 
     cls = get_task(task)
-    data, _, _ = apply_task_options(task, cls.DataConfig(), task_values, "simulate")
+    data, _, _, physics = apply_task_options(task, cls.DataConfig(), task_values, "simulate")
     if noise not in cls.noise_models:
         raise InputError(f"--noise: {noise!r} is not a noise model of task {task} ({', '.join(cls.noise_models)})")
-    count = cls(data).simulate_files(input_path, out, noise=noise, seed=seed)
+    count = cls(data).with_physics(**physics).simulate_files(input_path, out, noise=noise, seed=seed)
     click.echo(f"wrote {count} simulated measurement(s) to {out}")
 
 
@@ -283,15 +287,15 @@ def infer(run_dir, input_path, out, samples, steps, method, seed, batch_size, ti
     from cvdm_tf.inference import infer_paths
     from cvdm_tf.runs import model_config
 
-    reader_options, data = {}, None
+    reader_options, data, physics = {}, None, {}
     if task or any(value is not None for value in task_values.values()):
         config = model_config(run_dir)
         if task and config.task != task:
             raise InputError(f"{run_dir}: the model was trained for task {config.task!r}, not {task!r}")
-        data, _, reader_options = apply_task_options(config.task, config.data, task_values, "infer")
+        data, _, reader_options, physics = apply_task_options(config.task, config.data, task_values, "infer")
     report = infer_paths(run_dir, input_path, out, samples=samples, steps=steps, method=method, seed=seed,
                          batch_size=batch_size, tile=tile, reader_options=reader_options, precision=precision,
-                         data=data)
+                         data=data, physics=physics)
     if report.failed:  # each already reported as `error: PATH: problem`; the good files are complete
         sys.exit(EXIT_USER_ERROR)
 
@@ -397,10 +401,11 @@ def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, co
         raise InputError(f"{run_dir}: the model was trained for task {config.task!r}, not {task!r}")
     if precision:
         config = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler, precision=precision))
-    data, baseline_options, reader_options = apply_task_options(config.task, config.data, task_values, "eval")
-    if data != config.data:
-        config = dataclasses.replace(config, data=data)
-        task_object = make_task(config.task, data)
+    data, baseline_options, reader_options, physics = apply_task_options(config.task, config.data, task_values,
+                                                                         "eval")
+    if data != config.data or physics:
+        task_object = make_task(config.task, data).with_physics(**physics)
+        config = dataclasses.replace(config, data=task_object.data)
     compare = {}
     for path in compare_runs:
         other_config, _, other_model = load_run(path)

@@ -12,10 +12,11 @@ package: the graph holds, in order,
     4. the task's refinement of each sample against the measurement, when its config asks (QPI:
        `data.data_consistency`), and the mean and std of the refined samples.
 
-Signatures:
+Signatures (QPI adds the measurement's physics, float32 scalars in um, after the other inputs: wavelength_um,
+pixel_size_um, defocus_um; outside the model's training range the call fails with an error naming the range):
 
-    serving_default(condition)                       -> mean, std, schedule      T, K and the seed fixed at export
-    sample(condition, steps, samples, seed)          -> mean, std, schedule, samples
+    serving_default(condition[, physics])                 -> mean, std, schedule      T, K and the seed fixed
+    sample(condition, steps, samples, seed[, physics])    -> mean, std, schedule, samples
 
 condition is the raw measurement, float32 [batch, h, w, C_in] for any h and w (QPI: the intensity pair
 (I(-dz), I(+dz)), C_in = 2; BioSR: a widefield image, C_in = 1); mean, std and schedule are float32
@@ -64,14 +65,17 @@ class ExportedSampler(tf.Module):
         # The raw measurement, before normalize_condition (which may add channels, e.g. QPI's TIE estimate).
         channels = task.measurement_channels
         condition = tf.TensorSpec([None, None, None, channels], tf.float32, name="condition")
-        scalar = lambda name: tf.TensorSpec([], tf.int32, name=name)  # noqa: E731
-        self.serve = tf.function(self._serve, input_signature=[condition])
+        scalar = lambda name, dtype=tf.int32: tf.TensorSpec([], dtype, name=name)  # noqa: E731
+        # The measurement's physics (QPI: wavelength_um, pixel_size_um, defocus_um), one value per call.
+        physics = [scalar(key, tf.float32) for key in task.physics_keys]
+        self.serve = tf.function(self._serve, input_signature=[condition, *physics])
         self.sample = tf.function(
-            self._sample, input_signature=[condition, scalar("steps"), scalar("samples"), scalar("seed")]
+            self._sample, input_signature=[condition, scalar("steps"), scalar("samples"), scalar("seed"), *physics]
         )
 
-    def _sample(self, condition, steps, samples, seed):
-        task = self._task
+    def _sample(self, condition, steps, samples, seed, *physics):
+        # The task for this measurement's physics; a graph assertion names the training range when it lies outside.
+        task = self._task.with_physics_tensors(*physics) if physics else self._task
         out = self.sampler.sample(task.condition(condition), steps, samples, seed, tf.constant(self.method == "ddim"))
         offset, scale = task.units(condition)
         # The channel count is static, so the signatures state it ([-1, -1, -1, C_out] in saved_model_cli).
@@ -90,8 +94,9 @@ class ExportedSampler(tf.Module):
             "samples": tf.ensure_shape(drawn, [None, None, None, None, task.target_channels]),
         }
 
-    def _serve(self, condition):
-        out = self._sample(condition, tf.constant(self.steps), tf.constant(self.samples), tf.constant(self.seed))
+    def _serve(self, condition, *physics):
+        out = self._sample(condition, tf.constant(self.steps), tf.constant(self.samples), tf.constant(self.seed),
+                           *physics)
         return {name: out[name] for name in ("mean", "std", "schedule")}
 
 

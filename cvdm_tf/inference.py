@@ -70,7 +70,7 @@ class InferReport:
 def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | None = None,
                 method: str | None = None, seed: int = 0, batch_size: int = 4, tile: int = 256,
                 progress=None, reader_options: dict | None = None, precision: str | None = None,
-                data=None) -> InferReport:
+                data=None, physics: dict | None = None) -> InferReport:
     """Reconstruct every image of `input_path` (a file or a folder) with the run in `run_dir` into `out_dir`.
 
     Args:
@@ -89,6 +89,9 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
         precision: "auto", "float32", "bfloat16" or None (the run's `sampler.precision`): the denoiser's compute
             dtype (`cvdm_tf.sampler.resolve_precision`).
         data: the task's data config to use instead of the run's (e.g. QPI's data_consistency changed), or None.
+        physics: dict. The measurements' physics (`Task.physics_keys`, QPI: wavelength_um, pixel_size_um,
+            defocus_um; None or absent: from each file's metadata, else the run's). Each file's is checked against
+            the model's training range; a file outside it fails with one line naming the range.
 
     Returns:
         InferReport. Bad files are listed in `failed` (also reported through `progress.error`), not raised.
@@ -124,15 +127,16 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
         for index, (path, base) in enumerate(files):
             progress.start_file(index, base)
             try:
-                results = _reconstruct_file(path, base, used, model, task, sampler, samples, steps, method, seed,
-                                            tile, batch_size, progress, reader_options or {})
+                file_task, results = _reconstruct_file(path, base, used, model, task, sampler, samples, steps,
+                                                       method, seed, tile, batch_size, progress, reader_options or {},
+                                                       physics or {})
             except InputError as err:
                 report.failed.append(str(err))
                 progress.error(str(err))
                 continue
             for name, raw, result in results:
                 try:
-                    report.written[name] = task.write_outputs(out_dir, name, raw, result, source=path)
+                    report.written[name] = file_task.write_outputs(out_dir, name, raw, result, source=path)
                 except OSError as err:
                     message = f"{path}: cannot write the outputs of {name} to {out_dir} ({err.strerror or err})"
                     report.failed.append(message)
@@ -147,9 +151,15 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
 
 
 def _reconstruct_file(path, base, used, model, task, sampler, samples, steps, method, seed, tile, batch_size,
-                      progress, reader_options):
-    """[(name, raw, result)] for every image of one file (a stack gives NAME_000, NAME_001, ...); all or nothing."""
-    images = task.read_measurements(path, message=progress.message, **reader_options)
+                      progress, reader_options, physics):
+    """(the file's task, [(name, raw, result)] for every image of one file: a stack gives NAME_000, NAME_001, ...);
+    all or nothing. The task carries the file's physics (given, or from its metadata), checked against the
+    model's range before anything is sampled."""
+    task, images = task.read_file(path, message=progress.message, physics=physics, **reader_options)
+    try:
+        task.check_physics()
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
     results = []
     for number, raw in enumerate(images):
         try:
@@ -160,7 +170,7 @@ def _reconstruct_file(path, base, used, model, task, sampler, samples, steps, me
             raise InputError(f"{where}: {err}") from None
         results.append((f"{base}_{number:03d}" if len(images) > 1 else base, raw, result))
     # Names are claimed only once the whole file succeeded.
-    return [(sources.unique_name(name, used), raw, result) for name, raw, result in results]
+    return task, [(sources.unique_name(name, used), raw, result) for name, raw, result in results]
 
 
 def write_outputs(out_dir: Path, name: str, raw: np.ndarray, result: dict, unit: str = "",
@@ -207,7 +217,8 @@ def _input_files(input_path, out_dir: Path, task) -> list[tuple[Path, str]]:
 
 def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, method: str = "ddpm",
                 seed: int = 0, tile: int = 256, batch_size: int = 4, progress: Callable | None = None,
-                sampler=None, chunk: int | None = None, step_progress: Callable | None = None) -> dict:
+                sampler=None, chunk: int | None = None, step_progress: Callable | None = None,
+                physics: dict | None = None) -> dict:
     """Sample the model for one raw measurement and return the result in physical units.
 
     Args:
@@ -224,6 +235,8 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         chunk: int or None. None: each batch of tiles is sampled in one compiled call. N: in runs of N steps, with
             `step_progress(done, steps)` called between them (it may raise to cancel: a GUI stops within N steps).
         step_progress: callable(done, steps) or None. Only with `chunk`; a regression run has no steps.
+        physics: dict or None. The measurement's physics (`task.physics_keys`; QPI: wavelength_um, pixel_size_um,
+            defocus_um in um), None values keeping the task's; checked against the model's training range.
 
     Returns:
         dict of float32 [H, W, C_target] on the output grid (H = task.scale * h): `mean` and `std` (over the K
@@ -237,6 +250,9 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
 
     from cvdm_tf.sampler import Sampler, sampler_for
 
+    if physics:
+        task = task.with_physics(**physics)
+    task.check_physics()
     raw = np.asarray(raw_condition, dtype=np.float32)
     if raw.ndim != 3:
         raise InputError(f"expected one image [H, W, C], got an array of shape {raw.shape}")

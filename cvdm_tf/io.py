@@ -96,8 +96,11 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray, pixel_size_um: float 
     return Path(path)
 
 
-def tiff_pixel_size_um(path: str | os.PathLike) -> float | None:
-    """The pixel size in micrometres that :func:`write_tiff` (or ImageJ) stored in a TIFF, or None."""
+def tiff_pixel_size_um(path: str | os.PathLike, inch: bool = True) -> float | None:
+    """The pixel size in micrometres that :func:`write_tiff` (or ImageJ) stored in a TIFF, or None.
+
+    `inch=False` ignores a resolution in dots per inch: cameras and editors write 72 or 300 dpi as a printing
+    hint, which is no pixel size at the sample."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -112,7 +115,7 @@ def tiff_pixel_size_um(path: str | os.PathLike) -> float | None:
         if int(unit) == 3:  # centimetre
             return 1e4 / per_unit
         if int(unit) == 2:  # inch
-            return 25400.0 / per_unit
+            return 25400.0 / per_unit if inch else None
         metadata = tif.imagej_metadata or {}
         return 1.0 / per_unit if metadata.get("unit") in ("um", "micron", "\u00b5m") else None
 

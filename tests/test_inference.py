@@ -391,3 +391,47 @@ def test_train_with_each_schedule_kind_then_infer(kind, measurements, tmp_path):
         np.testing.assert_allclose(schedule, 2 * math.log(math.cos(phi(0)) / math.cos(phi(t_max))), rtol=1e-4)
     else:
         assert np.ptp(schedule) <= 1e-6 * schedule.mean() and schedule.mean() > 0
+
+
+# === The measurement's physics ===
+
+
+def test_infer_takes_the_physics_from_flags_or_the_files_metadata_and_refuses_it_outside_the_range(
+        tiny_run, tmp_path):
+    """The TIE channel, the refinement and the outputs' pixel size follow the measurement's microscope: the
+    pixel size in an OME-TIFF's metadata unless --pixel-size says otherwise; physics outside the model's training
+    range is refused with one line naming the file and the range, and nothing is written."""
+    import tifffile
+
+    from cvdm_tf.runs import load_run
+    from cvdm_tf.sampler import sampler_for
+
+    config, task, model = load_run(tiny_run)
+    microscope = dict(wavelength_um=0.60, pixel_size_um=0.16, defocus_um=2.0)  # inside the default range
+    other = task.with_physics(**microscope)
+    raw = _measurement(other, (24, 20), seed=6)
+    path = tmp_path / "pair.ome.tif"
+    tifffile.imwrite(path, np.moveaxis(raw, -1, 0), ome=True,
+                     metadata={"axes": "CYX", "PhysicalSizeX": 0.16, "PhysicalSizeY": 0.16, "PhysicalSizeXUnit": "µm"})
+    run = lambda out, *flags: _invoke("--model", tiny_run, "--input", path, "--out", tmp_path / out,  # noqa: E731
+                                      "--samples", 2, "--steps", 3, "--seed", 5, *flags)
+    result = run("meta", "--wavelength", 0.6, "--defocus", 2.0)
+    assert result.exit_code == 0, result.stderr
+    assert "pixel size 0.16 um, from its metadata" in result.stderr
+    assert io.tiff_pixel_size_um(tmp_path / "meta" / "pair_mean.tif") == pytest.approx(0.16)
+    expected = reconstruct(model, other, raw, samples=2, steps=3, method=config.sampler.method, seed=5,
+                           sampler=sampler_for(model, config.sampler))
+    np.testing.assert_allclose(_read(tmp_path / "meta" / "pair_mean.tif"), expected["mean"], atol=1e-5)
+    default = reconstruct(model, task, raw, samples=2, steps=3, method=config.sampler.method, seed=5,
+                          sampler=sampler_for(model, config.sampler))
+    assert not np.allclose(default["mean"], expected["mean"], atol=1e-3)  # the run's physics would differ
+    # A flag wins over the metadata.
+    result = run("flag", "--wavelength", 0.6, "--defocus", 2.0, "--pixel-size", 0.2)
+    assert result.exit_code == 0, result.stderr
+    assert io.tiff_pixel_size_um(tmp_path / "flag" / "pair_mean.tif") == pytest.approx(0.2)
+    # Outside the range: F = 0.6 * 40 / 0.16^2 = 938.
+    result = run("far", "--wavelength", 0.6, "--defocus", 40)
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and str(path) in lines[0] and "lam dz / dx^2 938 is outside" in lines[0]
+    assert "4-64" in lines[0] and not (tmp_path / "far").exists() or not any((tmp_path / "far").iterdir())

@@ -119,3 +119,69 @@ def test_absorbing_objects_darken_where_the_phase_is_large_and_zero_absorption_i
     np.testing.assert_allclose(absorbing.measure(phase).numpy().mean(), np.mean(amplitude**2), rtol=1e-4)
     with pytest.raises(InputError, match="absorption"):
         DataConfig(absorption=1.0)
+
+
+# === Camera frames and each pair's microscope ===
+
+
+def test_a_camera_pair_is_the_centre_of_a_field_simulated_whole():
+    field = cell_phantoms(1, 64, seed=4, peak=2.5)[0]
+    task = QPITask(DataConfig(noise="none", tie_channel=True, tie_solver="pad", crop_boundary="camera",
+                              image_size=32))
+    assert task.field_size(32) == 64
+    y, x = task.pair({"phase": tf.constant(field[..., None])}, tf.constant([0, 1], tf.int64))
+    centre = (slice(16, 48), slice(16, 48))
+    whole = task.measure(tf.constant(field)).numpy()
+    np.testing.assert_allclose(x.numpy(), task.normalize_target(tf.constant(field[centre])).numpy(), atol=1e-6)
+    np.testing.assert_allclose(y.numpy(), task.normalize_condition(tf.constant(whole[centre]), boundary="camera"
+                                                                   ).numpy(), atol=1e-5)
+    # Not the crop simulated on its own: its edges would wrap around.
+    alone = task.normalize_condition(task.measure(tf.constant(field[centre]))).numpy()
+    assert np.abs(alone[..., :2] - y.numpy()[..., :2]).max() > 0.1
+    case = QPITask(DataConfig(camera_crop=32)).simulate_case("f", field, "none", (0, 0))
+    np.testing.assert_allclose(case.measurement, whole[centre], atol=1e-6)
+    np.testing.assert_array_equal(case.truth, field[centre])
+
+
+def test_each_pair_gets_its_own_microscope_and_a_tie_channel_computed_with_it():
+    # One wavelength and pixel size (no zoom), the Fresnel number drawn over 4 .. 64: each noise-free pair is the
+    # frame of its own drawn microscope, and its TIE channel is solved with that microscope, not the default one
+    # (F = 11.8), which would make the channel of a pair drawn at F = 64 five times too strong.
+    data = DataConfig(noise="none", tie_channel=True, tie_solver="pad", tie_weight="fixed", tie_regularization=1e-4,
+                      crop_boundary="camera", image_size=32, wavelength_min_um=0.521, wavelength_max_um=0.521,
+                      pixel_size_min_um=0.21, pixel_size_max_um=0.21, fresnel_min=4.0, fresnel_max=64.0)
+    task = QPITask(data)
+    field = cell_phantoms(1, 64, seed=4, peak=2.0)[0]
+    centre = (slice(16, 48), slice(16, 48))
+    fresnel = []
+    for i in range(6):
+        seed = tf.constant([3, i], tf.int64)
+        y, _ = task.pair({"phase": tf.constant(field[..., None])}, seed)
+        drawn = data.training_range.draw(tf.random.experimental.stateless_fold_in(seed, 3))
+        fresnel.append(float(drawn.fresnel_number))
+        frame = task.measure(tf.constant(field), microscope=drawn).numpy()[centre]
+        own = task.normalize_condition(tf.constant(frame), drawn, "camera").numpy()
+        np.testing.assert_allclose(y.numpy(), own, atol=2e-4 * np.abs(own).max())
+        default = task.normalize_condition(tf.constant(frame), boundary="camera").numpy()
+        # TIE is linear in its source k dx^2 dI/dz / mean(I0) = (pi / F) (I(+dz) - I(-dz)) / mean(I0): solved with
+        # the default microscope the channel is F / F_default times the right one.
+        ratio = np.abs(default[..., -1]).mean() / np.abs(own[..., -1]).mean()
+        assert ratio == pytest.approx(fresnel[-1] / data.microscope.fresnel_number, rel=1e-3)
+    assert max(fresnel) > 2 * min(fresnel)
+
+
+def test_the_training_range_is_pinned_and_a_measurement_outside_it_is_refused():
+    task = QPITask(DataConfig())  # no range: the one microscope
+    assert task.data.training_range.is_single and task.field_size(64) == 64
+    other = task.with_physics(defocus_um=2.0)
+    assert other.data.defocus_um == 2.0 and other.output_pixel_size_um == 0.21
+    with pytest.raises(InputError, match="trained on one microscope only"):
+        other.check_physics()
+    ranged = QPITask(DataConfig(wavelength_min_um=0.45, wavelength_max_um=0.7, pixel_size_min_um=0.1,
+                                pixel_size_max_um=0.35, fresnel_min=4, fresnel_max=64, crop_boundary="camera"))
+    assert ranged.field_size(64) == 214  # 2 x 64 px at up to 0.35 / 0.21 of the source's pixel
+    ranged.with_physics(wavelength_um=0.6, pixel_size_um=0.16, defocus_um=2.0).check_physics()
+    with pytest.raises(InputError, match=r"lam dz / dx\^2 2\.36 is outside .* 4-64"):
+        ranged.with_physics(defocus_um=0.2).check_physics()
+    with pytest.raises(InputError, match="data.fresnel_min"):
+        DataConfig(fresnel_min=10, fresnel_max=5)

@@ -25,7 +25,7 @@ import numpy as np
 
 from cvdm_tf.errors import InputError
 
-__all__ = ["read_stack"]
+__all__ = ["read_stack", "z_step", "pixel_size_um"]
 
 # Length units as OME and ImageJ write them, in micrometres.
 _MICROMETRES_PER_UNIT = {
@@ -105,6 +105,35 @@ def z_step(path: str | os.PathLike) -> float | None:
         return None
 
 
+def pixel_size_um(path: str | os.PathLike) -> float | None:
+    """The pixel size (um) a TIFF's metadata states, or None (also for a file that is not a TIFF); from the
+    header alone. In order: OME ``Pixels/@PhysicalSizeX`` (with its unit); ImageJ's resolution in its unit; the
+    TIFF resolution tags in centimetres (what `io.write_tiff` writes). A resolution in dots per inch is a
+    printing hint, not a pixel size, and is ignored."""
+    import tifffile
+
+    from cvdm_tf import io
+
+    name = os.fspath(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            size = _ome_pixel_size(tif.ome_metadata, name) if tif.is_ome else None
+    except InputError:
+        raise
+    except Exception:  # noqa: BLE001 - not a TIFF: no metadata
+        return None
+    return size if size is not None else io.tiff_pixel_size_um(path, inch=False)
+
+
+def _ome_pixel_size(ome_xml: str | None, name: str) -> float | None:
+    """Pixels/@PhysicalSizeX of the first image, in um."""
+    pixels = _ome_pixels(ome_xml, name)
+    if pixels is None or pixels.get("PhysicalSizeX") is None:
+        return None
+    return _in_micrometres(pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeXUnit"), name, "OME PhysicalSizeX",
+                           what="pixel size")
+
+
 def _z_step(tif, name: str) -> float | None:
     step = _ome_z_step(tif.ome_metadata, name) if tif.is_ome else None
     if step is None and tif.is_imagej:
@@ -132,27 +161,32 @@ def _as_stack(array: np.ndarray, axes: str, name: str) -> np.ndarray:
     return stack
 
 
-def _in_micrometres(value, unit: str | None, name: str, source: str) -> float | None:
-    """A positive finite step converted to um; None for a unit that is not a length (e.g. 'pixel')."""
+def _in_micrometres(value, unit: str | None, name: str, source: str, what: str = "z spacing") -> float | None:
+    """A positive finite length converted to um; None for a unit that is not a length (e.g. 'pixel')."""
     try:
         step = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"{name}: {source} z spacing {value!r} is not a number") from None
+        raise InputError(f"{name}: {source} {what} {value!r} is not a number") from None
     if not math.isfinite(step) or step <= 0:
-        raise InputError(f"{name}: {source} z spacing {value!r} must be a positive number")
+        raise InputError(f"{name}: {source} {what} {value!r} must be a positive number")
     scale = _MICROMETRES_PER_UNIT.get((unit or "um").strip().lower())
     return None if scale is None else step * scale
 
 
-def _ome_z_step(ome_xml: str | None, name: str) -> float | None:
-    """Pixels/@PhysicalSizeZ of the first image, in um (OME's default unit is the micrometre)."""
+def _ome_pixels(ome_xml: str | None, name: str):
+    """The first Pixels element of OME-XML, or None."""
     if not ome_xml:
         return None
     try:
         root = ElementTree.fromstring(ome_xml)
     except ElementTree.ParseError as exc:
         raise InputError(f"{name}: unreadable OME-XML metadata ({exc})") from exc
-    pixels = next((element for element in root.iter() if element.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    return next((element for element in root.iter() if element.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+
+
+def _ome_z_step(ome_xml: str | None, name: str) -> float | None:
+    """Pixels/@PhysicalSizeZ of the first image, in um (OME's default unit is the micrometre)."""
+    pixels = _ome_pixels(ome_xml, name)
     if pixels is None or pixels.get("PhysicalSizeZ") is None:
         return None
     return _in_micrometres(pixels.get("PhysicalSizeZ"), pixels.get("PhysicalSizeZUnit"), name, "OME PhysicalSizeZ")

@@ -2,7 +2,7 @@
 
 A layer's array becomes the task's raw measurement [h, w, C_m] by the very reader `cvdm-tf infer` uses: it is
 written to a temporary TIFF (dtype kept, so integer images scale as files do) and read back with
-`task.read_measurements`. So every rule of the command line holds in the viewer too: a QPI pair as [2, H, W]
+`task.read_file`. So every rule of the command line holds in the viewer too: a QPI pair as [2, H, W]
 or [H, W, 2], a through-focus z-stack [Z, H, W] with a z step (its pair picked around the focus plane), alpha
 channels dropped, NaN/Inf refused.
 """
@@ -23,22 +23,24 @@ COLORMAPS = {"mean": "gray", "std": "magma", "schedule": "viridis"}
 
 
 def measurement(task, data, z_step_um: float | None = None, plane: int = 0, message=None,
-                name: str = "layer") -> np.ndarray:
-    """The raw measurement [h, w, C_m] of a layer's array, read as `cvdm-tf infer` reads a file.
+                name: str = "layer", physics: dict | None = None):
+    """(task, raw measurement [h, w, C_m]) of a layer's array, read as `cvdm-tf infer` reads a file.
 
     Args:
-        task: the run's task (its `read_measurements` decides the layout and values).
+        task: the run's task (its `read_file` decides the layout and values).
         data: array-like. The layer's data: [H, W], [H, W, C], [C, H, W] or a stack [N, H, W].
         z_step_um: float or None. A QPI through-focus z-stack's plane spacing (None: not a z-stack).
         plane: int. Which image of a stack of N single images (the viewer's current plane).
         message: callable(str) or None. The reader's notes (e.g. which planes of a z-stack were used).
         name: str. The layer's name, for messages.
+        physics: dict or None. The measurement's physics (`task.physics_keys`, None where not given).
 
     Returns:
-        np.ndarray float32 [h, w, C_m].
+        (task for the measurement's physics, checked against the model's range; np.ndarray float32 [h, w, C_m]).
 
     Raises:
-        InputError: the array is not an image the task reads, or has the wrong channel count.
+        InputError: the array is not an image the task reads, has the wrong channel count, or physics outside
+            the model's range.
     """
     import tifffile
 
@@ -49,7 +51,7 @@ def measurement(task, data, z_step_um: float | None = None, plane: int = 0, mess
         array = array.astype(np.float32)
     options = {}
     if z_step_um:
-        if "z_step_um" not in inspect.signature(task.read_measurements).parameters:
+        if "z_step_um" not in inspect.signature(task.read_file).parameters:
             raise InputError(f"{name}: this model's task reads no z-stacks (set the z step to 0)")
         options["z_step_um"] = float(z_step_um)
     with tempfile.TemporaryDirectory(prefix="cvdm-napari-") as folder:
@@ -58,16 +60,18 @@ def measurement(task, data, z_step_um: float | None = None, plane: int = 0, mess
         # Messages name the layer, not the temporary file.
         rename = lambda text: str(text).replace(str(path), name)  # noqa: E731
         try:
-            images = task.read_measurements(path, message=message and (lambda text: message(rename(text))),
-                                            **options)
+            task, images = task.read_file(path, message=message and (lambda text: message(rename(text))),
+                                          physics={key: value for key, value in (physics or {}).items()
+                                                   if key in task.physics_keys}, **options)
+            task.check_physics()
         except InputError as err:
             raise InputError(rename(err)) from None
     image = images[min(max(int(plane), 0), len(images) - 1)]
     if image.shape[-1] != task.measurement_channels:
-        stack = len(images) > 1 and "z_step_um" in inspect.signature(task.read_measurements).parameters
+        stack = len(images) > 1 and "z_step_um" in inspect.signature(task.read_file).parameters
         raise InputError(f"{name}: has {image.shape[-1]} channel(s), the model needs {task.measurement_channels} "
                          f"({task.describe_measurement()})" + ("; a z-stack needs its z step" if stack else ""))
-    return image
+    return task, image
 
 
 def _is_rgb(array: np.ndarray) -> bool:

@@ -9,6 +9,9 @@
     seed       same seed, same image -> same result
     z step     plane spacing of a QPI z-stack in um (0: the layer's z scale if set, else not a z-stack)
     tile       largest side sampled in one piece (larger images are tiled and blended, as `cvdm-tf infer`)
+    wavelength, pixel size, defocus
+               the measurement's physics (QPI), as `cvdm-tf infer --wavelength --pixel-size --defocus`; 0 = the
+               run's (pixel size: the layer's scale if set); outside the model's range: an error naming the range
 
 Reconstruct runs `cvdm_tf.inference.reconstruct` in a worker thread (napari's `create_worker`), so the viewer
 never blocks. The sampler runs in chunks of `CHUNK_STEPS` steps (`Sampler(..., chunk=N)`): between chunks the
@@ -52,6 +55,7 @@ class Job:
     z_step_um: float | None
     plane: int
     pixel_size_um: float | None
+    physics: dict  # the measurement's physics as given in the widget (None: the run's / the layer's)
 
 
 class _Relay(QObject):
@@ -90,13 +94,23 @@ class ReconstructWidget(Container):
                                    tooltip="QPI z-stack plane spacing (0: the layer's z scale if set)")
         self.tile = SpinBox(label="tile (px)", value=256, min=8, max=8192,
                             tooltip="Largest side sampled in one piece; larger images are tiled")
+        # The measurement's physics (QPI), each 0 = the run's (pixel size: the layer's scale if set).
+        self.wavelength = FloatSpinBox(label="wavelength (um)", value=0.0, min=0.0, max=10.0, step=0.01,
+                                       tooltip="QPI: illumination wavelength (0: the run's)")
+        self.pixel_size = FloatSpinBox(label="pixel size (um)", value=0.0, min=0.0, max=100.0, step=0.01,
+                                       tooltip="QPI: pixel size at the sample (0: the layer's scale if set, else "
+                                               "the run's)")
+        self.defocus = FloatSpinBox(label="defocus (um)", value=0.0, min=0.0, max=1000.0, step=0.1,
+                                    tooltip="QPI: defocus dz of the pair I(-dz), I(+dz); of a z-stack, the planes "
+                                            "nearest to +-dz are paired (0: the run's)")
         self.run_button = PushButton(text="Reconstruct")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1000)
         self.status = Label(label="", value="")
         self.set_model(_default_model())
         self.extend([self.image, self.model, self.samples, self.steps, self.method, self.seed, self.z_step,
-                     self.tile, self.run_button, self.cancel_button, self.progress, self.status])
+                     self.tile, self.wavelength, self.pixel_size, self.defocus, self.run_button, self.cancel_button,
+                     self.progress, self.status])
 
         self.worker = None
         self.worker_thread = None  # the id of the thread the last run sampled in (for tests)
@@ -144,10 +158,13 @@ class ReconstructWidget(Container):
         stack = layer.ndim == 3 and not layer.rgb
         z_step = self.z_step.value or (float(layer.scale[0]) if stack and layer.scale[0] != 1 else None)
         plane = int(self.viewer.dims.current_step[-3]) if stack and self.viewer.dims.ndim >= 3 else 0
+        layer_pixel = float(layer.scale[-1]) if layer.scale[-1] != 1 else None
+        physics = {"wavelength_um": self.wavelength.value or None,
+                   "pixel_size_um": self.pixel_size.value or layer_pixel, "defocus_um": self.defocus.value or None}
         return Job(model=spec, data=np.asarray(data), name=layer.name, samples=self.samples.value,
                    steps=self.steps.value, method=None if self.method.value == RUN_METHOD else self.method.value,
                    seed=self.seed.value, tile=self.tile.value, z_step_um=z_step, plane=plane,
-                   pixel_size_um=float(layer.scale[-1]) if layer.scale[-1] != 1 else None)
+                   pixel_size_um=layer_pixel, physics=physics)
 
     def start(self, _value=None):
         """Reconstruct the selected layer in a worker thread; returns the worker (None if the input is bad)."""
@@ -217,8 +234,8 @@ class ReconstructWidget(Container):
         self._check_cancel()
         config, task, model, sampler = self._load(job.model)
         self._check_cancel()
-        raw = layers.measurement(task, job.data, job.z_step_um, job.plane, message=self._relay.message.emit,
-                                 name=job.name)
+        task, raw = layers.measurement(task, job.data, job.z_step_um, job.plane, message=self._relay.message.emit,
+                                       name=job.name, physics=job.physics)
         steps = job.steps or config.sampler.steps
         height, width = raw.shape[0] * task.scale, raw.shape[1] * task.scale
         state = {"tiles": 0, "total": _tile_count(height, width, job.tile), "batch": 0}

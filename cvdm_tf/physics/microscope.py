@@ -104,6 +104,18 @@ class MicroscopeRange:
                 return f"{name} {value:.3g}{unit} is outside the model's training range ({self.describe()})"
         return None
 
+    def assert_contains(self, microscope: Microscope) -> list:
+        """Graph assertions (scalar tensors) that fail with `describe()` when `microscope` lies outside."""
+        checks = []
+        for value, (low, high) in ((microscope.wavelength_um, self.wavelength_um),
+                                   (microscope.pixel_size_um, self.pixel_size_um),
+                                   (microscope.fresnel_number, self.fresnel_number)):
+            value = tf.convert_to_tensor(value, tf.float32)
+            inside = tf.logical_and(value >= low * (1 - 1e-3), value <= high * (1 + 1e-3))
+            checks.append(tf.debugging.Assert(inside, [f"physics outside the range the model was trained on "
+                                                       f"({self.describe()}):", value]))
+        return checks
+
     def describe(self) -> str:
         if self.is_single:
             lam, dx, f = self.wavelength_um[0], self.pixel_size_um[0], self.fresnel_number[0]

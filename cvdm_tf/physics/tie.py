@@ -294,7 +294,7 @@ def tie_dirichlet(intensities, defocus_um=1.0, wavelength_um=0.521, pixel_size_u
 
     Args:
       intensities, defocus_um, wavelength_um, pixel_size_um, regularization: as `tie_fft`.
-      margin: python int >= 0. Pixels along each edge whose source is not trusted.
+      margin: python int >= 0 or scalar int32 tensor. Pixels along each edge whose source is not trusted.
 
     Returns:
       float32 tensor [..., H, W] (float64 for float64 input), zero-mean.
@@ -303,7 +303,7 @@ def tie_dirichlet(intensities, defocus_um=1.0, wavelength_um=0.521, pixel_size_u
     source, dtype = _poisson_source(intensities, defocus_um, wavelength_um, pixel_size_um)
     shape = tf.shape(source)
     height, width = shape[-2], shape[-1]
-    if margin:
+    if not (isinstance(margin, int) and margin == 0):  # a python int or a scalar tensor
         inside_y = tf.logical_and(tf.range(height) >= margin, tf.range(height) < height - margin)
         inside_x = tf.logical_and(tf.range(width) >= margin, tf.range(width) < width - margin)
         inside = tf.logical_and(inside_y[:, tf.newaxis], inside_x[tf.newaxis, :])

@@ -23,19 +23,24 @@ TASK_NAMES = tuple(TASK_MODULES)
 #: name -> the options the task adds to `cvdm-tf simulate` / `eval` (its `Task.options`).
 TASK_OPTIONS = {
     "qpi": (
-        Option("--defocus", "defocus_um", float, "Defocus dz in micrometres."),
-        Option("--wavelength", "wavelength_um", float, "Wavelength in micrometres."),
-        Option("--pixel-size", "pixel_size_um", float, "Pixel size in micrometres."),
+        Option("--wavelength", "wavelength_um", float, "Wavelength of the illumination, micrometres (default: the "
+               "run's data.wavelength_um).", commands=("simulate", "eval", "infer"), physics=True),
+        Option("--pixel-size", "pixel_size_um", float, "Pixel size at the sample, micrometres (default: the file's "
+               "OME / ImageJ metadata, else the run's).", commands=("simulate", "eval", "infer"), physics=True),
+        Option("--defocus", "defocus_um", float, "Defocus dz of the pair I(-dz), I(+dz), micrometres; of a z-stack, "
+               "the planes nearest to +-dz are paired (default: the run's).", commands=("simulate", "eval", "infer"),
+               physics=True),
         Option("--phase-max", "phase_max", float, "Phase of an integer image's maximum (radians)."),
         Option("--absorption", "absorption", float, "Absorbing objects: amplitude 1 - absorption * phase / "
-               "phase_max (default 0: pure phase).", commands=("simulate",)),
+               "phase_max (default 0: pure phase).", commands=("simulate", "eval")),
+        Option("--camera-crop", "camera_crop", int, "Simulate each image whole and keep its central N x N px (and "
+               "truth), a camera frame of a wider field (default 0: the whole, periodic image).",
+               commands=("simulate", "eval")),
         Option("--tie-regularization", "regularization", float, "TIE's Tikhonov weight (default: tuned on the "
                "evaluated images, the best TIE can do).", commands=("eval",), baseline="tie"),
         Option("--z-step", "z_step_um", float, "A through-focus z-stack: its plane spacing in micrometres "
                "(default: from the TIFF's metadata); the pair is read at +-defocus around focus.",
                commands=("infer", "eval"), reader=True),
-        Option("--stack-defocus", "defocus_um", float, "Defocus of the pair taken from a z-stack, micrometres "
-               "(default: the run's data.defocus_um).", commands=("infer", "eval"), reader=True),
         Option("--focus-plane", "focus", int, "In-focus plane of a z-stack (default: minimum contrast, right "
                "for weakly absorbing samples).", commands=("infer", "eval"), reader=True),
         Option("--data-consistency", "data_consistency", int, "Steps making each sample reproduce its "

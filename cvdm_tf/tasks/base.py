@@ -26,12 +26,15 @@ from typing import Callable
 
 import numpy as np
 
+from cvdm_tf.errors import InputError
+
 
 @dataclass(frozen=True)
 class Option:
     """A command-line option of a task for some of `cvdm-tf simulate` / `infer` / `eval`. `--flag VALUE` sets the
     data config's `key`; with `baseline` set, the keyword `key` of that baseline; with `reader`, the keyword
-    `key` of the task's `read_measurements` / `eval_cases` (how a file becomes measurements)."""
+    `key` of the task's `read_file` / `eval_cases` (how a file becomes measurements); with `physics`, the
+    physical parameter `key` of the measurement (`Task.physics_keys`: checked against the model's range)."""
 
     flag: str
     key: str
@@ -40,6 +43,7 @@ class Option:
     commands: tuple = ("simulate", "eval")
     baseline: str = ""
     reader: bool = False
+    physics: bool = False
 
 
 @dataclass
@@ -153,6 +157,31 @@ class Task:
         """(offset, scale), each shaped [..., 1, 1, 1] (the measurement's leading axes): physical = x * scale +
         offset."""
         raise NotImplementedError
+
+    # --- the measurement's physics ---
+    #: Data keys that describe how one measurement was made (QPI: wavelength, pixel size, defocus in um), given
+    #: per measurement by `infer` / `eval` flags, a file's metadata, the SavedModel's inputs.
+    physics_keys: tuple = ()
+
+    def with_physics(self, **values):
+        """This task for a measurement with the given physics (None keeps a value); not range-checked."""
+        unknown = sorted(key for key, value in values.items() if value is not None and key not in self.physics_keys)
+        if unknown:
+            raise InputError(f"{', '.join(unknown)}: not a physical parameter of task {self.name}")
+        return self
+
+    def with_physics_tensors(self, **values):
+        """This task with its physics as scalar tensors (the SavedModel's inputs, `physics_keys` order)."""
+        return self
+
+    def check_physics(self):
+        """An InputError when the measurement's physics lies outside what the model was trained on."""
+
+    def read_file(self, path, message: Callable | None = None, physics: dict | None = None, **options):
+        """(task, measurements) of one input file: the task for the file's physics (`physics`: values given by the
+        user, None where not; a task may read the rest from the file's metadata), and its raw measurements."""
+        task = self.with_physics(**(physics or {}))
+        return task, task.read_measurements(path, message=message, **options)
 
     # --- after sampling ---
     @property

@@ -53,6 +53,7 @@ CONDITION_GAIN = 4.0
 TRAINING_PHANTOM_SEED = 2024  # the benchmarks test on phantoms drawn with seed 1234
 NOISE_MODELS = ("paper", "poisson", "none")
 TIE_WEIGHTS = ("fixed", "noise")
+BOUNDARIES = ("camera", "periodic")
 TIE_SOLVERS = {"fft": tie_fft, "dct": tie_dct, "pad": tie_padded}
 # The noise channel holds NOISE_GAIN * sigma: the paper's noise (sigma <= 0.17) then spans [0, ~1.7].
 NOISE_GAIN = 10.0
@@ -101,19 +102,22 @@ class DataConfig:
     # Give the network the classical TIE phase as an extra condition channel (physics-informed
     # conditioning; with model.mean = "condition" the diffusion learns the correction to TIE).
     tie_channel: bool = False
-    # Its solver: "fft" (periodic), "dct" (Neumann) or "pad" (free space: the frame's source zero-padded).
+    # Its solver for a camera frame (`boundary = "camera"`): "pad" (free space: the frame's source zero-padded),
+    # "dct" (Neumann) or "fft"; a periodic field always gets "fft", exact there.
     tie_solver: str = "fft"
     tie_regularization: float = 1e-6
     # That estimate's Tikhonov weight: "fixed" (tie_regularization) or "noise" (each image's own, from the noise
     # level estimated on its intensities: physics.tie.noise_adaptive_regularization).
     tie_weight: str = "fixed"
-    # Plus tie_frame * (2 pi / min(H, W))^4 (physics.tie.frame_regularization): damps the large scales a camera
-    # frame leaves undetermined (0 = none: right for a periodic field).
+    # Camera frames: plus tie_frame * (2 pi / min(H, W))^4 (physics.tie.frame_regularization), which damps the
+    # large scales a frame leaves undetermined (0 = none).
     tie_frame: float = 0.0
     # The estimated noise level (Immerkaer's, of I / mean(I)) as one more condition channel, constant over the image.
     noise_channel: bool = False
     # The Fresnel number of the pair's microscope as one more condition channel, constant over the image.
     fresnel_channel: bool = False
+    # Whether the measurement is a periodic field (1) or a camera frame (0), as one more condition channel.
+    boundary_channel: bool = False
     # Synthetic cell phantoms (cvdm_tf.data.phantoms, 256 px) added to the training images.
     phantoms: int = 0
     # How a training crop is simulated: "periodic" (the FFT's wrap-around: the crop's opposite edges meet with a
@@ -121,6 +125,13 @@ class DataConfig:
     # the centre of a field CAMERA_FIELD times wider, simulated whole: its edges are as ambiguous as a camera
     # frame's, cut through objects whose light partly comes from outside). Eval and simulate: `camera_crop`.
     crop_boundary: str = "periodic"
+    # crop_boundary = "camera": this share of training pairs are periodic fields instead (the crop simulated on
+    # its own, periodically), so that one model serves both kinds of measurement (`boundary`).
+    periodic_fraction: float = 0.0
+    # What a measurement is: "camera" (a frame of a wider field, every real acquisition) or "periodic" (a field
+    # that repeats, as a periodic simulation makes it). It picks the TIE channel's solver (periodic: FFT; camera:
+    # tie_solver and the frame weight) and the data-consistency step's boundaries; `--boundary` per call.
+    boundary: str = "periodic"
     # `cvdm-tf simulate` / `eval`: 0 simulates each image whole (periodic); N > 0 keeps the central N x N px of
     # the simulated image (and its truth), a camera frame of a wider field.
     camera_crop: int = 0
@@ -130,10 +141,6 @@ class DataConfig:
     # trusts the measurement only in frequencies far above its noise.
     data_consistency: int = 0
     consistency_weight: float = 1e3
-    # "periodic" (forward and inverse on the periodic grid: right only for periodic fields) or "frame" (mirror
-    # forward, Dirichlet TIE: corrects the sample's Laplacian inside the frame and leaves what the frame does not
-    # fix, its edge values, to the sample).
-    consistency_boundary: str = "periodic"
 
     def __post_init__(self):
         check_choice("data.noise", self.noise, NOISE_MODELS)
@@ -141,15 +148,16 @@ class DataConfig:
         check_choice("data.tie_weight", self.tie_weight, TIE_WEIGHTS)
         check_choice("data.tie_solver", self.tie_solver, tuple(TIE_SOLVERS))
         check_choice("data.crop_boundary", self.crop_boundary, ("periodic", "mirror", "camera"))
-        check_choice("data.consistency_boundary", self.consistency_boundary, ("periodic", "frame"))
+        check_choice("data.boundary", self.boundary, BOUNDARIES)
         check_positive("data.image_size", self.image_size)
         for name in ("wavelength_um", "pixel_size_um", "defocus_um", "phase_max", "photons_per_pixel"):
             if not getattr(self, name) > 0:
                 raise InputError(f"data.{name}: must be > 0, got {getattr(self, name)}")
         for name in ("noise_max", "read_noise", "tie_regularization", "tie_frame", "camera_crop"):
             check_non_negative(f"data.{name}", getattr(self, name))
-        if not 0 <= self.noise_free_fraction <= 1:
-            raise InputError(f"data.noise_free_fraction: must be in [0, 1], got {self.noise_free_fraction}")
+        for name in ("noise_free_fraction", "periodic_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"data.{name}: must be in [0, 1], got {getattr(self, name)}")
         check_non_negative("data.data_consistency", self.data_consistency)
         check_positive("data.consistency_weight", self.consistency_weight)
         if not 0 <= self.absorption < 1:
@@ -202,7 +210,7 @@ class QPITask(Task):
     @property
     def condition_channels(self) -> int:
         d = self.data
-        return 2 + int(d.noise_channel) + int(d.fresnel_channel) + int(d.tie_channel)
+        return 2 + int(d.noise_channel) + int(d.fresnel_channel) + int(d.boundary_channel) + int(d.tie_channel)
 
     @property
     def condition_has_estimate(self) -> bool:
@@ -218,9 +226,16 @@ class QPITask(Task):
         return "the raw intensity pair I(-dz), I(+dz), as `cvdm-tf simulate` writes it"
 
     # --- the measurement's physics ---
+    physics_keys = ("wavelength_um", "pixel_size_um", "defocus_um")
+
+    def __init__(self, data, microscope: Microscope | None = None):
+        super().__init__(data)
+        self._microscope = microscope  # tensors of an exported graph's inputs; None: the data config's
+
     @property
     def microscope(self) -> Microscope:
-        return self.data.microscope
+        """The measurement's physics: the data config's microscope, or the graph inputs of `with_physics_tensors`."""
+        return self._microscope or self.data.microscope
 
     def check_physics(self):
         """An InputError naming the training range when the measurement's microscope lies outside it."""
@@ -228,15 +243,27 @@ class QPITask(Task):
         if problem:
             raise InputError(problem)
 
-    def with_microscope(self, wavelength_um=None, pixel_size_um=None, defocus_um=None) -> "QPITask":
-        """This task for a measurement made with other physics (None keeps the current value)."""
-        given = {key: float(value) for key, value in (("wavelength_um", wavelength_um),
-                                                      ("pixel_size_um", pixel_size_um),
-                                                      ("defocus_um", defocus_um)) if value is not None}
+    def with_physics(self, wavelength_um=None, pixel_size_um=None, defocus_um=None) -> "QPITask":
+        """This task for a measurement made with other physics, in um (None keeps the current value): its TIE
+        channel, refinement and output pixel size follow. Not checked against the training range
+        (`check_physics`)."""
+        given = {key: value for key, value in (("wavelength_um", wavelength_um), ("pixel_size_um", pixel_size_um),
+                                               ("defocus_um", defocus_um)) if value is not None}
         if not given:
             return self
-        Microscope(**{**vars(self.microscope), **given}).check()
-        return type(self)(dataclasses.replace(self.data, **given))
+        Microscope(**{**vars(self.data.microscope), **given}).check()
+        return type(self)(dataclasses.replace(self.data, **{key: float(value) for key, value in given.items()}))
+
+    with_microscope = with_physics
+
+    def with_physics_tensors(self, wavelength_um, pixel_size_um, defocus_um) -> "QPITask":
+        """This task with the microscope given as scalar tensors (an exported graph's inputs), and a graph
+        assertion that names the training range when they lie outside it."""
+        microscope = Microscope(wavelength_um, pixel_size_um, defocus_um)
+        checks = self.data.training_range.assert_contains(microscope)
+        with tf.control_dependencies(checks):
+            microscope = Microscope(*(tf.identity(value) for value in (wavelength_um, pixel_size_um, defocus_um)))
+        return type(self)(self.data, microscope)
 
     # --- physics ---
     def measure(self, phase, boundary="periodic", microscope: Microscope | None = None):
@@ -277,13 +304,15 @@ class QPITask(Task):
         raise ValueError(f"unknown noise model {noise!r}")
 
     # --- units ---
-    def normalize_condition(self, intensities, microscope: Microscope | None = None):
+    def normalize_condition(self, intensities, microscope: Microscope | None = None, boundary: str | None = None):
         """Raw intensities [..., H, W, 2] -> network condition y (per image: divided by its mean intensity;
-        plus the estimated noise level with `noise_channel`, the Fresnel number with `fresnel_channel`, and the
-        TIE phase in target units, last, with `tie_channel`), through `microscope` (default: the measurement's).
-        Apply it to whole images, before any tiling."""
+        plus the estimated noise level with `noise_channel`, the Fresnel number with `fresnel_channel`, 1 for a
+        periodic field and 0 for a camera frame with `boundary_channel`, and the TIE phase in target units, last,
+        with `tie_channel`), through `microscope` and `boundary` (defaults: the measurement's). Apply it to whole
+        images, before any tiling."""
         d = self.data
         m = microscope or self.microscope
+        boundary = boundary or d.boundary
         y = (_relative(intensities) - 1.0) * CONDITION_GAIN
         constant = lambda value: tf.ones_like(y[..., :1]) * value  # noqa: E731
         if d.noise_channel:
@@ -292,16 +321,24 @@ class QPITask(Task):
         if d.fresnel_channel:
             octaves = tf.math.log(tf.cast(m.fresnel_number, tf.float32) / FRESNEL_REFERENCE) / math.log(2.0)
             y = tf.concat([y, constant(octaves / 2.0)], axis=-1)
+        if d.boundary_channel:
+            y = tf.concat([y, constant(1.0 if boundary == "periodic" else 0.0)], axis=-1)
         if d.tie_channel:
-            tie = self.baseline(intensities, self.tie_weight(intensities, m), d.tie_solver, m)
+            tie = self.baseline(intensities, self.tie_weight(intensities, m, boundary), self.tie_solver(boundary), m)
             y = tf.concat([y, 2.0 * tie / d.phase_max], axis=-1)
         return y
 
-    def tie_weight(self, intensities, microscope: Microscope | None = None):
-        """The Tikhonov weight of the TIE channel: fixed, or each pair's noise-adaptive one; plus the frame's."""
+    def tie_solver(self, boundary: str | None = None) -> str:
+        """The TIE channel's solver for a measurement of `boundary` (default: the measurement's): FFT for a
+        periodic field, `data.tie_solver` for a camera frame."""
+        return "fft" if (boundary or self.data.boundary) == "periodic" else self.data.tie_solver
+
+    def tie_weight(self, intensities, microscope: Microscope | None = None, boundary: str | None = None):
+        """The Tikhonov weight of the TIE channel: fixed, or each pair's noise-adaptive one; plus, for a camera
+        frame, the frame's."""
         d = self.data
         weight = self.noise_weight(intensities, microscope) if d.tie_weight == "noise" else d.tie_regularization
-        if d.tie_frame:
+        if d.tie_frame and (boundary or d.boundary) == "camera":
             shape = tf.shape(intensities)
             weight = weight + frame_regularization(shape[-3], shape[-2], d.tie_frame)
         return weight
@@ -362,9 +399,10 @@ class QPITask(Task):
             1. the pair's microscope (drawn from the training range);
             2. the field it sees: a centred window of the crop, size * CAMERA_FIELD (camera) or size px at the
                pair's pixel size, resampled to that many pixels (zoom: a coarser pixel sees more of the object);
-            3. phase scaling ("crop"), Fresnel propagation of the field (boundary as crop_boundary), noise;
-            4. camera: the centre size x size px of intensities and phase;
-            5. the condition, with the pair's microscope, and the offset-free target.
+            3. phase scaling ("crop"), Fresnel propagation of the field (boundary as crop_boundary), noise; camera
+               crops: the centre size x size px of intensities and phase, or with `periodic_fraction` that share
+               of pairs the centre simulated on its own, a periodic field;
+            4. the condition, with the pair's microscope and boundary, and the offset-free target.
         """
         d = self.data
         microscope = self.training_microscope(tf.random.experimental.stateless_fold_in(seed, 3))
@@ -387,18 +425,30 @@ class QPITask(Task):
         if d.phase_scaling == "crop":
             lowest, highest = tf.reduce_min(phase), tf.reduce_max(phase)
             phase = (phase - lowest) / tf.maximum(highest - lowest, 1e-6) * d.phase_max
-        boundary = "periodic" if d.crop_boundary == "camera" else d.crop_boundary
-        clean = self.measure(phase, boundary=boundary, microscope=microscope)
-        intensities = self.add_noise(clean, seed)
-        if d.noise_free_fraction > 0:
-            # Without enough clean pairs the model never learns that a clean pair leaves nothing to correct.
-            draw = tf.random.stateless_uniform([], seed=tf.random.experimental.stateless_fold_in(seed, 2))
-            intensities = tf.where(draw < d.noise_free_fraction, clean, intensities)
-        if wide != out:
-            start = (wide - out) // 2
-            phase = phase[start:start + out, start:start + out]
-            intensities = intensities[start:start + out, start:start + out]
-        return self.normalize_condition(intensities, microscope), self.normalize_target(phase)
+        start = (wide - out) // 2
+        centre = (slice(start, start + out), slice(start, start + out))
+
+        def simulate(field, boundary, crop_to_centre):
+            clean = self.measure(field, boundary=boundary, microscope=microscope)
+            intensities = self.add_noise(clean, seed)
+            if d.noise_free_fraction > 0:
+                # Without enough clean pairs the model never learns that a clean pair leaves nothing to correct.
+                draw = tf.random.stateless_uniform([], seed=tf.random.experimental.stateless_fold_in(seed, 2))
+                intensities = tf.where(draw < d.noise_free_fraction, clean, intensities)
+            return intensities[centre] if crop_to_centre else intensities
+
+        if not camera:  # the crop is the field: periodic, or continued by its mirror image (conditioned as a frame)
+            intensities = simulate(phase, d.crop_boundary, False)
+            kind = "periodic" if d.crop_boundary == "periodic" else "camera"
+            return self.normalize_condition(intensities, microscope, kind), self.normalize_target(phase)
+        frame = lambda: self.normalize_condition(simulate(phase, "periodic", True), microscope, "camera")  # noqa
+        target = self.normalize_target(phase[centre])
+        if not d.periodic_fraction:
+            return frame(), target
+        periodic = lambda: self.normalize_condition(simulate(phase[centre], "periodic", False), microscope,  # noqa
+                                                    "periodic")
+        draw = tf.random.stateless_uniform([], seed=tf.random.experimental.stateless_fold_in(seed, 4))
+        return tf.cond(draw < d.periodic_fraction, periodic, frame), target
 
     def baseline(self, intensities, regularization=1e-6, solver="fft", microscope: Microscope | None = None):
         """The classical answer: TIE phase (zero-mean radians) [..., H, W, 1] by the "fft", "dct" or "pad"
@@ -418,11 +468,12 @@ class QPITask(Task):
         consistency_weight times the pair's noise-adaptive weight as the pseudo-inverse. Offset-free in and out.
         Pure TensorFlow (traced into the SavedModel).
 
-        `consistency_boundary = "periodic"`: forward and TIE on the periodic grid, as the periodic simulation
-        makes the pair. "frame": the forward model continues the sample by its mirror image, and the
-        pseudo-inverse is `tie_dirichlet`, which ignores the source within 2 sqrt(F) px of the edge (a few Fresnel
-        zones, where light came from outside the frame) and holds the correction at 0 on the edge: the sample's
-        Laplacian inside the frame is made the measurement's, its edge values (what the frame does not fix) stay.
+        A periodic field (`boundary = "periodic"`): forward and TIE on the periodic grid, as the periodic
+        simulation makes the pair. A camera frame: the forward model continues the sample by its mirror image,
+        and the pseudo-inverse is `tie_dirichlet`, which ignores the source within 2 sqrt(F) px of the edge (a few
+        Fresnel zones, where light came from outside the frame) and holds the correction at 0 on the edge: the
+        sample's Laplacian inside the frame is made the measurement's, its edge values (what the frame does not
+        fix) stay.
         """
         d = self.data
         if not self.refines:
@@ -431,8 +482,8 @@ class QPITask(Task):
         pair = tf.convert_to_tensor(measurement, tf.float32)[..., None, :, :, :]
         weight = d.consistency_weight * self.noise_weight(pair)
         physics = (m.defocus_um, m.wavelength_um, m.pixel_size_um)
-        if d.consistency_boundary == "frame":
-            margin = int(math.ceil(2.0 * math.sqrt(m.fresnel_number)))
+        if d.boundary == "camera":
+            margin = tf.cast(tf.math.ceil(2.0 * tf.sqrt(tf.cast(m.fresnel_number, tf.float32))), tf.int32)
             forward = lambda phase: self.measure(phase, boundary="mirror")  # noqa: E731
             inverse = lambda intensities: tie_dirichlet(intensities, *physics, weight, margin)  # noqa: E731
         else:
@@ -450,9 +501,31 @@ class QPITask(Task):
         return bank(train), (bank(val) if val else None), f"{len(train)} training + {len(val)} validation images"
 
     # --- files ---
+    def read_file(self, path, message=None, physics=None, z_step_um=None, focus=None):
+        """(task, pairs) of one input file, the task carrying the file's physics:
+            1. what the user gave (`physics`: wavelength_um, pixel_size_um, defocus_um; None where not given);
+            2. else the pixel size the file's metadata states (OME, ImageJ, TIFF resolution in a length unit);
+            3. else the run's;
+        and for a through-focus z-stack the defocus of the planes actually paired (the nearest to +-defocus)."""
+        from cvdm_tf.data import stacks
+
+        given = {key: value for key, value in (physics or {}).items() if value is not None}
+        if "pixel_size_um" not in given and Path(path).suffix.lower() in (".tif", ".tiff"):
+            stored = stacks.pixel_size_um(path)
+            if stored is not None:
+                given["pixel_size_um"] = stored
+                if message and not np.isclose(stored, self.data.pixel_size_um, rtol=1e-3):
+                    message(f"{path}: pixel size {stored:g} um, from its metadata (--pixel-size overrides it)")
+        task = self.with_physics(**given)
+        stack = task._through_focus(path, z_step_um, None, focus, message)
+        if stack is None:
+            return task, sources.read_stack(path)
+        return task.with_physics(defocus_um=stack.defocus_um), [stack.pair]
+
     def read_measurements(self, path, message=None, z_step_um=None, defocus_um=None, focus=None):
         """The pair(s) in a file; a through-focus z-stack (`z_step_um` given, or in the TIFF's metadata) gives the
-        pair at +-defocus_um (default: the run's) around its focus plane (`focus`, default minimum contrast)."""
+        pair at +-defocus_um (default: the measurement's) around its focus plane (`focus`, default minimum
+        contrast). `read_file` also gives the physics the pairs were taken with."""
         stack = self._through_focus(path, z_step_um, defocus_um, focus, message)
         if stack is None:
             return sources.read_stack(path)
@@ -488,12 +561,10 @@ class QPITask(Task):
             before, after = through_focus.two_shot_planes(z, dz, focus)
         except InputError as err:
             raise InputError(f"{path}: {err}") from None
-        used = (z[after] - z[before]) / 2
+        used = float(z[after] - z[before]) / 2
         if message:
             message(f"{path}: {len(planes)} planes, {z_step_um} um apart; focus plane {focus}, pair = planes "
-                    f"{before} and {after} (defocus {used:g} um"
-                    + (f"; the model was trained at {self.data.defocus_um:g} um)" if not np.isclose(
-                        used, self.data.defocus_um) else ")"))
+                    f"{before} and {after} (defocus {used:g} um)")
         return SimpleNamespace(planes=planes, z=z, focus=focus, defocus_um=used,
                                pair=np.stack([planes[before], planes[after]], axis=-1).astype(np.float32))
 
@@ -531,17 +602,33 @@ class QPITask(Task):
                                  f"{stack.defocus_um:g} um from focus; eval compares every method at the run's "
                                  f"defocus {d.defocus_um:g} um (choose a z-stack whose step divides it)")
             return [Case(Path(data_path).stem, stack.pair, truth)]
-        cases = []
-        for index, (name, phase) in enumerate(self.truths(data_path)):
-            raw = self.add_noise(self.measure(tf.constant(phase)), tf.constant([seed, index], tf.int64), noise=noise)
-            cases.append(Case(name, raw.numpy().astype(np.float32), phase))
-        return cases
+        return [self.simulate_case(name, phase, noise, (seed, index))
+                for index, (name, phase) in enumerate(self.truths(data_path))]
+
+    def simulate_case(self, name, phase, noise, seed) -> Case:
+        """The measurement of one ground-truth phase image [H, W] (rad): simulated whole (periodic), `noise` added
+        (stateless `seed` pair); with `data.camera_crop` N, the central N x N px of the pair and of the truth,
+        a camera frame of a field the image is (its edges cut through objects, and light reaches them from
+        outside the frame)."""
+        raw = self.add_noise(self.measure(tf.constant(phase, tf.float32)), tf.constant(seed, tf.int64), noise=noise)
+        raw, phase = raw.numpy().astype(np.float32), np.asarray(phase, np.float32)
+        crop = self.data.camera_crop
+        if crop:
+            height, width = phase.shape
+            if crop > min(height, width):
+                raise InputError(f"{name}: {height} x {width} px, smaller than the camera crop {crop} px")
+            top, left = (height - crop) // 2, (width - crop) // 2
+            raw, phase = raw[top:top + crop, left:left + crop], phase[top:top + crop, left:left + crop]
+        return Case(name, raw, phase)
 
     def baselines(self):
         return {"tie": lambda **options: TIEBaseline(self, **options),
                 "tie-noise": lambda **options: TIEBaseline(self, regularization="noise", **options),
                 "tie-dct": lambda **options: TIEBaseline(self, solver="dct", **options),
-                "us-tie": lambda **options: TIEBaseline(self, solver="us", **options)}
+                "tie-pad": lambda **options: TIEBaseline(self, solver="pad", **options),
+                "us-tie": lambda **options: TIEBaseline(self, solver="us", **options),
+                # The model's own TIE solver, oracle weight, then the model's data-consistency step.
+                "tie-step": lambda **options: TIEBaseline(self, solver=self.tie_solver(), refine=True, **options)}
 
     def centre(self, estimate, truth):
         return metrics.offset_free(np.asarray(estimate, np.float64), np.asarray(truth, np.float64))
@@ -562,14 +649,16 @@ class TIEBaseline(Baseline):
     `regularization = "noise"` instead picks each image's weight from the noise level of its own pair
     (`noise_adaptive_regularization`): no truth, what a user can run."""
 
-    SOLVERS = {"fft": tie_fft, "dct": tie_dct, "us": tie_us}
+    SOLVERS = {**TIE_SOLVERS, "us": tie_us}
 
-    def __init__(self, task: QPITask, regularization: float | str | None = None, solver: str = "fft"):
+    def __init__(self, task: QPITask, regularization: float | str | None = None, solver: str = "fft",
+                 refine: bool = False):
         self.task = task
         self.regularization = regularization
         self.solver = solver
-        self.name = {"fft": "tie", "dct": "tie-dct", "us": "us-tie"}[solver] + (
-            "-noise" if regularization == "noise" else "")
+        self.refine = refine and task.refines
+        self.name = {"fft": "tie", "dct": "tie-dct", "pad": "tie-pad", "us": "us-tie"}[solver] + (
+            "-noise" if regularization == "noise" else "") + ("-step" if refine else "")
 
     def tune(self, cases):
         if self.regularization == "noise":
@@ -586,8 +675,11 @@ class TIEBaseline(Baseline):
     def __call__(self, measurement):
         d = self.task.data
         weight = self.task.noise_weight(measurement) if self.regularization == "noise" else self.regularization
-        return self.SOLVERS[self.solver](tf.constant(measurement), d.defocus_um, d.wavelength_um, d.pixel_size_um,
-                                         weight).numpy()
+        phase = self.SOLVERS[self.solver](tf.constant(measurement), d.defocus_um, d.wavelength_um, d.pixel_size_um,
+                                          weight)
+        if self.refine:  # the step the model's samples get, on TIE as the only sample
+            phase = self.task.refine(phase[None, :, :, None], measurement)[0, :, :, 0]
+        return np.asarray(phase)
 
 
 def _relative(intensities):
@@ -631,3 +723,30 @@ def load_ground_truth(data_config, min_size: int, warn=None) -> list[tuple[str, 
     if data_config.phase_scaling == "image":
         usable = [(name, (image * data_config.phase_max).astype(np.float32)) for name, image in usable]
     return usable
+
+
+def camera_fields(cells: int, size: int, pixel_size_um: float, seed: int, phase_max: float,
+                  natural=EVAL_IMAGES) -> list[tuple[str, np.ndarray]]:
+    """Held-out wide fields for the camera-crop benchmark, as (name, [size, size] phase in rad): `cells` fields
+    of cell phantoms (cells of 2-5.5 um at `pixel_size_um`, seed `seed`: never the training phantoms' seed) and
+    one window of each `natural` embedded image (held out of training), phase over the whole image in
+    [0, phase_max] as training scales it, the window covering size * pixel_size_um / 0.21 source pixels (the
+    images count as sampled at 0.21 um), resampled with antialiasing. Crop their centres (`data.camera_crop`)
+    to get camera frames."""
+    from skimage.transform import resize
+
+    from cvdm_tf.data.phantoms import REFERENCE_PIXEL_UM, cell_phantoms
+
+    rng = np.random.default_rng(seed)
+    fields = [(f"cells{i}", phase) for i, phase in enumerate(
+        cell_phantoms(cells, size, seed=seed, peak=phase_max * 0.85, pixel_size_um=pixel_size_um))]
+    images = dict(sources.embedded_images())
+    for name in natural:
+        image = images[name][..., 0] * phase_max
+        window = int(round(size * pixel_size_um / REFERENCE_PIXEL_UM))
+        if window > min(image.shape):
+            raise InputError(f"{name}: {image.shape[0]} x {image.shape[1]} px, too small for a {window} px window")
+        top, left = (int(rng.integers(0, n - window + 1)) for n in image.shape)
+        patch = image[top:top + window, left:left + window]
+        fields.append((name, resize(patch, (size, size), anti_aliasing=window > size).astype(np.float32)))
+    return fields
