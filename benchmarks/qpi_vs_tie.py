@@ -49,7 +49,7 @@ from cvdm_tf.physics.tie import tie_us, tune_regularization  # noqa: E402
 from cvdm_tf.runs import load_run  # noqa: E402
 from cvdm_tf.sampler import Sampler  # noqa: E402
 from cvdm_tf.tasks import make_task  # noqa: E402
-from cvdm_tf.tasks.qpi import TIE_SOLVERS, camera_fields  # noqa: E402
+from cvdm_tf.tasks.qpi import EVAL_IMAGES, TIE_SOLVERS, camera_fields  # noqa: E402
 
 SECOND_MICROSCOPE = (0.60, 0.16, 2.0)
 ORACLE_SOLVERS = (("TIE (FFT)", "fft"), ("TIE (DCT)", "dct"), ("TIE (zero-padded FFT)", "pad"), ("US-TIE", "us"))
@@ -66,10 +66,10 @@ def scores(estimates, truths):
     return {"mae": float(np.mean(maes)), "ms_ssim": float(np.mean(ssims))}
 
 
-def test_images(protocol, count, size, pixel_size_um, seed, phase_max):
+def test_images(protocol, count, size, pixel_size_um, seed, phase_max, natural=True):
     """(name, truth phase) of the fields to simulate: wide fields (camera) or whole images (periodic)."""
     if protocol == "camera":
-        return camera_fields(count, 2 * size, pixel_size_um, seed, phase_max)
+        return camera_fields(count, 2 * size, pixel_size_um, seed, phase_max, natural=EVAL_IMAGES if natural else ())
     return [(f"cells{i}", phase) for i, phase in enumerate(
         cell_phantoms(count, size, seed=seed, peak=phase_max * 0.85, pixel_size_um=pixel_size_um))]
 
@@ -84,7 +84,8 @@ def benchmark(task, sampler, args, microscope, noise):
     """One microscope, one noise model: {method: scores}."""
     d = task.data
     recorded = task.with_microscope(defocus_um=microscope.defocus_um * args.defocus_mismatch)
-    fields = test_images(args.protocol, args.images, args.size, microscope.pixel_size_um, args.seed, d.phase_max)
+    fields = test_images(args.protocol, args.images, args.size, microscope.pixel_size_um, args.seed, d.phase_max,
+                         args.natural)
     cases = [recorded.simulate_case(name, phase, noise, (args.seed, i)) for i, (name, phase) in enumerate(fields)]
     measured = tf.constant(np.stack([case.measurement for case in cases]))
     truths = [case.truth for case in cases]
@@ -132,6 +133,8 @@ def main(argv=None):
                         help="pairs recorded at this times the defocus every method assumes")
     parser.add_argument("--absorption", type=float, default=0.0)
     parser.add_argument("--images", type=int, default=8, help="cell images (camera: plus the natural ones)")
+    parser.add_argument("--no-natural", dest="natural", action="store_false",
+                        help="camera: cell fields only (with another --seed: a validation set for choices)")
     parser.add_argument("--size", type=int, default=128, help="frame (camera) or image (periodic) side, px")
     parser.add_argument("--noise", action="append", choices=["paper", "none", "poisson"],
                         help="noise models (repeatable; default paper and none)")

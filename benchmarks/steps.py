@@ -5,7 +5,7 @@
 
 The held-out set is the one of benchmarks/qpi_vs_tie.py: cell phantoms (cvdm_tf.data.phantoms, never trained on)
 simulated with the run's physics and noise model `--noise`, scored offset-free in radians with that script's
-`offset_free_scores`. The estimate is the mean of K samples. Seconds per image: the minimum over `--repeats` runs
+`scores`. The estimate is the mean of K samples. Seconds per image: the minimum over `--repeats` runs
 of the whole batch (wall clock, after one untimed call that compiles the graph), and the CPU seconds of that run.
 Prints a markdown table.
 """
@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from qpi_vs_tie import offset_free_scores  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
+from qpi_vs_tie import scores  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
 
 from cvdm_tf.config import SAMPLERS, SamplerConfig  # noqa: E402
 from cvdm_tf.data.phantoms import cell_phantoms  # noqa: E402
@@ -35,7 +35,7 @@ def held_out(task, config, images, size, seed, noise):
     clean = task.measure(tf.constant(truths))
     measured = tf.stack([task.add_noise(clean[i], tf.constant([seed, i], tf.int64), noise=noise)
                          for i in range(images)])
-    return task.normalize_condition(measured), truths
+    return task.normalize_condition(measured, boundary="periodic"), truths  # whole, periodic images
 
 
 def timed(sampler, y, repeats, **kwargs):
@@ -78,7 +78,7 @@ def main(argv=None):
                 out, wall, cpu = timed(sampler, y, args.repeats, steps=steps, samples=args.samples, seed=args.seed,
                                        method=method)
                 estimates = task.denormalize_target(out["mean"]).numpy()[..., 0]
-                error, similarity = offset_free_scores(estimates, truths)
+                error, similarity = scores(estimates, truths).values()
                 rows.append((method, discretisation, steps, error, similarity, wall / args.images,
                              cpu / args.images))
 

@@ -138,7 +138,8 @@ def test_the_shards_of_a_global_batch_are_its_parts_in_replica_order():
 
     config = tiny_qpi_config().data
     rng = np.random.default_rng(0)
-    bank = InMemoryBank([{"phase": rng.normal(size=(40, 40, 1)).astype("float32")} for _ in range(3)])
+    # Big enough for the default (camera) pair's field: twice the 16 px crop, at up to 0.35 / 0.21 of the pixel.
+    bank = InMemoryBank([{"phase": rng.normal(size=(64, 64, 1)).astype("float32")} for _ in range(3)])
     task = QPITask(config)
 
     def batches(shard=(0, 1), split=1, count=2):

@@ -42,15 +42,20 @@ def test_eval_writes_per_image_and_mean_metrics(tiny_run, phantom_folder, tmp_pa
     assert report["tie_regularization"] > 0 or report["tie_regularization"] == 0
 
 
-def numpy_tie(pair, dz=1.0, lam=0.521, dx=0.21, regularization=1e-9):
-    """FFT TIE written independently: laplacian(phi) = -k dI/dz / mean(I0), Tikhonov in rad/pixel units."""
+def numpy_tie(pair, dz=1.0, lam=0.521, dx=0.21, regularization=1e-9, pad=False):
+    """FFT TIE written independently: laplacian(phi) = -k dI/dz / mean(I0), Tikhonov in rad/pixel units; with
+    `pad`, the source zero-padded by half its size on every side first (free-space boundaries)."""
     didz = (pair[..., 1] - pair[..., 0]) / (2 * dz)
     source = (2 * np.pi / lam) * dx**2 * didz / np.mean(0.5 * (pair[..., 0] + pair[..., 1]))
-    ky = 2 * np.pi * np.fft.fftfreq(pair.shape[0])[:, None]
-    kx = 2 * np.pi * np.fft.fftfreq(pair.shape[1])[None, :]
+    height, width = source.shape
+    margins = ((height + 1) // 2, (width + 1) // 2) if pad else (0, 0)
+    source = np.pad(source, [(margins[0], margins[0]), (margins[1], margins[1])])
+    ky = 2 * np.pi * np.fft.fftfreq(source.shape[0])[:, None]
+    kx = 2 * np.pi * np.fft.fftfreq(source.shape[1])[None, :]
     k2 = ky**2 + kx**2
     gain = np.where(k2 > 0, k2 / np.where(k2 > 0, k2**2 + regularization, 1), 0)
-    phase = np.real(np.fft.ifft2(np.fft.fft2(source) * gain))
+    phase = np.real(np.fft.ifft2(np.fft.fft2(source) * gain))[margins[0]:margins[0] + height,
+                                                                margins[1]:margins[1] + width]
     return phase - phase.mean()
 
 

@@ -36,14 +36,15 @@ import tensorflow as tf
 
 export_dir, shapes, out_file = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 loaded = tf.saved_model.load(export_dir)
+physics = dict(wavelength_um=tf.constant(0.521), pixel_size_um=tf.constant(0.21), defocus_um=tf.constant(1.0))
 results = {}
 for h, w in shapes:
     condition = tf.constant(np.random.default_rng(h * w).uniform(0.5, 1.5, (2, h, w, 2)).astype("float32"))
-    for name, value in loaded.signatures["serving_default"](condition=condition).items():
+    for name, value in loaded.signatures["serving_default"](condition=condition, **physics).items():
         results[f"serve_{h}x{w}_{name}"] = value.numpy()
 h, w = shapes[-1]
 out = loaded.signatures["sample"](condition=condition, steps=tf.constant(2), samples=tf.constant(3),
-                                  seed=tf.constant(1))
+                                  seed=tf.constant(1), **physics)
 for name, value in out.items():
     results[f"sample_{name}"] = value.numpy()
 np.savez(out_file, **results)
@@ -118,9 +119,10 @@ def test_saved_model_cli_describes_both_signatures(cli_export):
         return {line.split("'")[1] for line in section.splitlines() if line.strip().startswith(f"{kind}['")}
 
     serve, sample = sections["serving_default"], sections["sample"]
-    assert names(serve, "inputs") == {"condition"}
+    physics = {"wavelength_um", "pixel_size_um", "defocus_um"}  # the measurement's, QPI's physics_keys
+    assert names(serve, "inputs") == {"condition", *physics}
     assert names(serve, "outputs") == {"mean", "std", "schedule"}
-    assert names(sample, "inputs") == {"condition", "steps", "samples", "seed"}
+    assert names(sample, "inputs") == {"condition", "steps", "samples", "seed", *physics}
     assert names(sample, "outputs") == {"mean", "std", "schedule", "samples"}
     assert "shape: (-1, -1, -1, 2)" in serve and "DT_FLOAT" in serve  # any batch, H, W; the intensity pair
     assert "shape: (-1, -1, -1, 1)" in serve  # mean/std/schedule: one phase channel
@@ -128,21 +130,26 @@ def test_saved_model_cli_describes_both_signatures(cli_export):
 
 def test_seeded_export_matches_the_in_process_sampler(library_export, tiny_run):
     """The noise is stateless, seeded by (seed, step), and the graph is the same: equal up to float round-off,
-    the task's refinement of the samples included (the default QPI config's data consistency)."""
+    the task's refinement of the samples included (the default QPI config's data consistency), for the
+    measurement's physics given as inputs (not the run's default microscope); physics outside the training range
+    fails with the range named."""
     import tensorflow as tf
 
     from cvdm_tf.runs import load_run
     from cvdm_tf.sampler import sampler_for
 
     config, task, model = load_run(tiny_run)
+    microscope = dict(wavelength_um=0.6, pixel_size_um=0.16, defocus_um=2.0)
+    task = task.with_physics(**microscope)
+    physics = {key: tf.constant(value) for key, value in microscope.items()}
     sampler = sampler_for(model, config.sampler)  # the run's discretisation and grid, as the export has them
     loaded = tf.saved_model.load(str(library_export))
     condition = _condition(*SHAPES[-1])
     y = task.normalize_condition(tf.constant(condition))
     cases = [
-        (loaded.signatures["serving_default"](condition=tf.constant(condition)), STEPS, SAMPLES, 0),
+        (loaded.signatures["serving_default"](condition=tf.constant(condition), **physics), STEPS, SAMPLES, 0),
         (loaded.signatures["sample"](condition=tf.constant(condition), steps=tf.constant(4),
-                                     samples=tf.constant(3), seed=tf.constant(7)), 4, 3, 7),
+                                     samples=tf.constant(3), seed=tf.constant(7), **physics), 4, 3, 7),
     ]
     for got, steps, samples, seed in cases:
         ref = sampler(y, steps=steps, samples=samples, seed=seed, method=config.sampler.method)
@@ -153,8 +160,11 @@ def test_seeded_export_matches_the_in_process_sampler(library_export, tiny_run):
             np.testing.assert_allclose(got[name].numpy(), np.asarray(value), atol=1e-5, err_msg=name)
     # A different seed gives different samples (the seed is an input, not baked in).
     other = loaded.signatures["sample"](condition=tf.constant(condition), steps=tf.constant(STEPS),
-                                        samples=tf.constant(SAMPLES), seed=tf.constant(1))
+                                        samples=tf.constant(SAMPLES), seed=tf.constant(1), **physics)
     assert not np.allclose(other["mean"].numpy(), cases[0][0]["mean"].numpy())
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"outside the range the model was trained on.*4-64"):
+        loaded.signatures["serving_default"](condition=tf.constant(condition),
+                                             **{**physics, "defocus_um": tf.constant(40.0)})
 
 
 def test_export_of_a_folder_that_is_not_a_run_is_one_line_exit_2(tmp_path):

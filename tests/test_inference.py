@@ -142,14 +142,17 @@ class NothingLearned(ExactGaussianModel):
         return y[..., -1:]
 
 
-def test_a_model_that_learns_nothing_returns_the_tie_estimate():
+@pytest.mark.parametrize("boundary", ["camera", "periodic"])
+def test_a_model_that_learns_nothing_returns_the_tie_estimate(boundary):
     """The README's "a model that learns nothing samples TIE", through `reconstruct` with the default config's
-    prior mean, residual scale and clip: the phase equals FFT-TIE at the Tikhonov weight the config chooses,
-    computed by test_evaluation's NumPy TIE, to a small fraction of the phase range."""
+    prior mean, residual scale and clip: the phase equals the TIE channel at the Tikhonov weight the config
+    chooses (a camera frame: zero-padded TIE with the frame's weight added; a periodic field: FFT-TIE), computed by
+    test_evaluation's NumPy TIE, to a small fraction of the phase range."""
     from test_evaluation import numpy_tie
 
     model = NothingLearned()
-    data = dataclasses.replace(model.config.data, data_consistency=0)  # the sampler's output, before any refinement
+    # The sampler's output, before any refinement.
+    data = dataclasses.replace(model.config.data, data_consistency=0, boundary=boundary)
     task = QPITask(data)
     raw = _measurement(task, (64, 64), seed=4)
     out = reconstruct(model, task, raw, samples=2, steps=20, method="ddpm", seed=1)
@@ -160,8 +163,11 @@ def test_a_model_that_learns_nothing_returns_the_tie_estimate():
 
         weight = float(noise_adaptive_regularization(immerkaer_sigma(raw / raw.mean())))
         assert weight > 0
+    if boundary == "camera":
+        assert data.tie_solver == "pad" and data.tie_frame > 0  # the default
+        weight += data.tie_frame * (2 * np.pi / 64) ** 4
     expected = numpy_tie(raw.astype(np.float64), dz=data.defocus_um, lam=data.wavelength_um,
-                         dx=data.pixel_size_um, regularization=weight)
+                         dx=data.pixel_size_um, regularization=weight, pad=boundary == "camera")
     got = out["mean"][..., 0] - out["mean"].mean()
     assert np.abs(got - expected).max() < 0.01 * np.ptp(expected)
     assert out["std"].max() < 1e-3  # the samples agree: nothing to be unsure about
@@ -169,8 +175,8 @@ def test_a_model_that_learns_nothing_returns_the_tie_estimate():
 
 @pytest.mark.parametrize("tile", [256, 48])
 def test_data_consistency_makes_a_model_that_learns_nothing_beat_tie_on_a_clean_pair(tile):
-    """The default config refines each sample against its pair (`data.data_consistency`). On a noise-free pair
-    of a cell the model that learns nothing then returns more than TIE: one step removes part of TIE's
+    """The default config refines each sample against its pair (`data.data_consistency`). On a noise-free
+    periodic pair of a cell (`boundary = "periodic"`) the model that learns nothing then returns more than TIE: one step removes part of TIE's
     first-order error; its samples still agree. Tiled (48 px tiles of a 64 px image) the samples are blended and
     aligned before the whole image is refined."""
     model = NothingLearned()
@@ -181,7 +187,7 @@ def test_data_consistency_makes_a_model_that_learns_nothing_beat_tie_on_a_clean_
     truth = phase - phase.mean()
     errors = {}
     for steps in (0, default):
-        task = QPITask(dataclasses.replace(model.config.data, data_consistency=steps))
+        task = QPITask(dataclasses.replace(model.config.data, data_consistency=steps, boundary="periodic"))
         out = reconstruct(model, task, raw, samples=2, steps=20, method="ddpm", seed=1, tile=tile)
         errors[steps] = np.abs(out["mean"][..., 0] - out["mean"].mean() - truth).mean()
         assert out["std"].max() < 1e-3

@@ -132,6 +132,30 @@ def test_bad_input_is_reported_in_the_widget(tiny_run, qtbot):
     assert len(widget.viewer.layers) == 1
 
 
+def test_widget_takes_the_measurements_physics_and_refuses_it_outside_the_range(tiny_run, qpi, pair, qtbot):
+    """Wavelength, pixel size and defocus in the widget reach the reconstruction (as `reconstruct` with that
+    physics) and the layers' scale; outside the model's range: one error line naming it, no layers."""
+    from cvdm_tf.inference import reconstruct
+    from cvdm_tf.sampler import sampler_for
+
+    config, task, model = qpi
+    widget = _widget(qtbot, ViewerModel(), tiny_run, pair)
+    widget.wavelength.value, widget.pixel_size.value, widget.defocus.value = 0.6, 0.16, 2.0
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    other = task.with_physics(wavelength_um=0.6, pixel_size_um=0.16, defocus_um=2.0)
+    expected = reconstruct(model, other, np.moveaxis(pair, 0, -1), samples=2, steps=3, method=config.sampler.method,
+                           seed=4, batch_size=1, sampler=sampler_for(model, config.sampler))
+    mean = widget.last_layers[0]
+    assert tuple(mean.scale) == pytest.approx((0.16, 0.16))
+    np.testing.assert_allclose(mean.data, expected["mean"][..., 0], atol=1e-5)
+    widget.defocus.value = 40.0  # lam dz / dx^2 = 938
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert widget.status.value.startswith("error: cell: lam dz / dx^2 938 is outside the model's training range")
+    assert len(widget.viewer.layers) == 4  # the first run's three, nothing more
+
+
 def test_reader_opens_infer_outputs_with_their_pixel_size(tiny_run, qpi, pair, tmp_path):
     import npe2
     import tifffile

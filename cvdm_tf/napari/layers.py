@@ -63,9 +63,12 @@ def measurement(task, data, z_step_um: float | None = None, plane: int = 0, mess
             task, images = task.read_file(path, message=message and (lambda text: message(rename(text))),
                                           physics={key: value for key, value in (physics or {}).items()
                                                    if key in task.physics_keys}, **options)
-            task.check_physics()
         except InputError as err:
             raise InputError(rename(err)) from None
+    try:
+        task.check_physics()
+    except InputError as err:
+        raise InputError(f"{name}: {err}") from None
     image = images[min(max(int(plane), 0), len(images) - 1)]
     if image.shape[-1] != task.measurement_channels:
         stack = len(images) > 1 and "z_step_um" in inspect.signature(task.read_file).parameters

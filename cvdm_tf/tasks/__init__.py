@@ -33,6 +33,10 @@ TASK_OPTIONS = {
         Option("--phase-max", "phase_max", float, "Phase of an integer image's maximum (radians)."),
         Option("--absorption", "absorption", float, "Absorbing objects: amplitude 1 - absorption * phase / "
                "phase_max (default 0: pure phase).", commands=("simulate", "eval")),
+        Option("--boundary", "boundary", str, "What the measurement is: camera (a frame of a wider field, any real "
+               "acquisition) or periodic (a field that repeats, as a periodic simulation); picks the TIE channel's "
+               "solver and the data-consistency step (default: the run's data.boundary).",
+               commands=("infer", "eval")),
         Option("--camera-crop", "camera_crop", int, "Simulate each image whole and keep its central N x N px (and "
                "truth), a camera frame of a wider field (default 0: the whole, periodic image).",
                commands=("simulate", "eval")),
