@@ -16,18 +16,15 @@ from cvdm_tf import builtin
 from cvdm_tf.evaluation import evaluate
 from cvdm_tf.inference import infer_paths, reconstruct
 from cvdm_tf.schedules import make_schedule
-from test_sampler import ExactGaussianModel
+from test_sampler import ExactGaussianModel, ResidualGaussianModel
 
 
-def point_mass_model(mu, channels, **model):
+def point_mass_model(mu, channels):
     """The exact denoiser of x = mu (per channel), whatever the condition: every sample is mu in the model's
-    normalised units, at every step (s = 0), or the condition plus mu / residual_scale with mean = "condition".
-    `model`: ModelConfig fields."""
+    normalised units, at every step (s = 0); `channels` condition and target channels."""
     exact = ExactGaussianModel(np.asarray(mu, np.float32), 0.0, condition_channels=channels)
-    exact.model_config = dataclasses.replace(exact.model_config, target_channels=channels, **model)
+    exact.model_config = dataclasses.replace(exact.model_config, target_channels=channels)
     exact.schedule = make_schedule(exact.model_config)
-    if exact.model_config.mean == "condition":  # the residual around the condition, as the shipped configs diffuse
-        exact.prior_mean = lambda y: y[..., -channels:]
     return exact
 
 
@@ -78,7 +75,7 @@ def test_biosr_zero_residual_around_the_condition_is_the_bicubic_widefield_in_it
     from skimage.filters import gaussian
 
     raw = (50 + 900 * gaussian(np.random.default_rng(1).uniform(size=(20, 16)), 1)).astype(np.float32)
-    model = point_mass_model(0.0, 1, mean="condition")
+    model = ResidualGaussianModel(0.0, 0.0, residual_scale=1.0, target_range=0.0)  # no clip: bicubic overshoots
     result = reconstruct(model, BioSRTask(DataConfig()), raw[..., None], samples=1, steps=3, method="ddim")
     pillow = np.asarray(Image.fromarray(raw, mode="F").resize((32, 40), Image.BICUBIC))
     assert result["mean"].shape == (40, 32, 1)

@@ -55,7 +55,7 @@ def random_model(model_config, offset_free=False, seed=0):
 
 def output_scaled(model, condition, std):
     """The denoiser's output layer rescaled so that u(condition) has standard deviation `std`: a random U-Net's
-    output is otherwise arbitrary in size (std 70 on the QPI condition), and a diffusion target that large would
+    output is otherwise arbitrary in size (tens on the QPI condition), and a diffusion target that large would
     only show the clips."""
     condition = tf.convert_to_tensor(condition[None], tf.float32)
     ones = tf.ones_like(condition[..., :1])
@@ -93,12 +93,6 @@ def far_from_tile_edges(shape, tile, radius):
     return far
 
 
-def _smooth_image(shape, seed):
-    from skimage.filters import gaussian
-
-    return gaussian(np.random.default_rng(seed).uniform(size=shape), sigma=2)
-
-
 # A 320 x 272 px output grid in 192 px tiles: the overlap, 48 px, is at least the depth-2 U-Net's receptive radius,
 # 27 px, and the tiles start at rows 0, 128 and columns 0, 80, multiples of the U-Net's 4 (a tile starting elsewhere
 # would see the pooling grid shifted, and a U-Net is not shift-equivariant).
@@ -108,10 +102,13 @@ OPTIONS = dict(samples=2, steps=3, method="ddim", seed=0)
 
 @pytest.fixture(scope="module")
 def biosr_case():
+    from skimage.filters import gaussian
+
     from cvdm_tf.tasks.biosr import BioSRTask, DataConfig
 
     task = BioSRTask(DataConfig())
-    raw = (20 + 400 * _smooth_image((SHAPE[0] // 2, SHAPE[1] // 2), seed=0)).astype(np.float32)[..., None]
+    smooth = gaussian(np.random.default_rng(0).uniform(size=(SHAPE[0] // 2, SHAPE[1] // 2)), sigma=2)
+    raw = (20 + 400 * smooth).astype(np.float32)[..., None]  # a widefield image of 20..420 counts
     model = random_model(ModelConfig(condition_channels=1, x_range=2.0, target_range=1.0, **TINY_UNETS))
     return output_scaled(model, task.condition(tf.constant(raw)).numpy(), 0.3), task, raw
 
