@@ -289,3 +289,57 @@ def test_richardson_lucy_keeps_units_on_non_square_batches(rng):
     assert restored.shape == (2, 64, 48)
     # Per-pixel units: the fine-grid total is 4x the camera total (RL conserves flux away from the border).
     np.testing.assert_allclose(restored.sum(axis=(-2, -1)), 4 * camera.sum(axis=(-2, -1)), rtol=0.05)
+
+
+def airy_kernel(size, pixel_size_um, na, wavelength_um):
+    """The in-focus intensity PSF of a circular pupil in closed form (Born & Wolf sec. 8.5.2): (2 J1(v) / v)^2,
+    v = 2 pi NA r / lam, sampled at the pixel centres of a size x size grid centred on the middle pixel, sum 1.
+    Written from the formula with scipy's Bessel function, independent of `psf` (which inverts the OTF)."""
+    from scipy.special import j1
+
+    centre = size // 2
+    rows, cols = (np.mgrid[0:size, 0:size] - centre) * pixel_size_um
+    v = 2 * np.pi * na / wavelength_um * np.hypot(rows, cols)
+    v[centre, centre] = 1.0
+    kernel = (2 * j1(v) / v) ** 2
+    kernel[centre, centre] = 1.0  # the limit at v = 0
+    return kernel / kernel.sum()
+
+
+def test_psf_is_the_airy_pattern():
+    """`psf` (the inverse FFT of the sampled pupil's autocorrelation) against the closed-form Airy pattern, on the
+    49 px kernel Richardson-Lucy uses (three Airy radii): measured max difference 0.65% of the peak, from the
+    pupil's sampling (bound 1.5%). The Airy pattern sampled at the camera's pitch (twice the fine grid's: a
+    kernel half as wide in pixels) differs by 2.9 times the peak."""
+    size = 49
+    kernel = psf(size, PIXEL_SIZE_UM, NA, WAVELENGTH_UM)
+    airy = airy_kernel(size, PIXEL_SIZE_UM, NA, WAVELENGTH_UM)
+    assert np.abs(kernel - airy).max() < 0.015 * airy.max()
+    assert np.abs(kernel - airy_kernel(size, 2 * PIXEL_SIZE_UM, NA, WAVELENGTH_UM)).max() > 0.3 * airy.max()
+
+
+@pytest.mark.parametrize("iterations", [5, 20])
+def test_richardson_lucy_is_scikit_images_with_the_airy_psf(iterations):
+    """`richardson_lucy_sr` (the eval baseline) against its recipe rebuilt from other parts: the widefield image
+    upsampled 2x by scikit-image's cubic spline, negatives clipped, scaled to max 1, then
+    `skimage.restoration.richardson_lucy` with the closed-form Airy PSF (`airy_kernel`, three Airy radii), scaled
+    back. The two PSFs differ by 0.65% of the peak; measured max difference of the restorations 0.12% (5
+    iterations) and 0.83% (20) of the maximum, mean 0.14% / 0.48% of the mean (bounds 2% and 1%). With the Airy
+    pattern sampled at the camera's pitch the difference is 35% / 139%."""
+    from skimage.restoration import richardson_lucy
+    from skimage.transform import resize
+
+    rng = np.random.default_rng(0)
+    structure = np.zeros((64, 64), np.float32)
+    structure[rng.integers(4, 60, 20), rng.integers(4, 60, 20)] = 1.0
+    camera = poisson_gaussian(widefield(structure, PIXEL_SIZE_UM), 2000.0, 1.0, tf.constant([0, 1], tf.int64))
+    camera = camera.numpy()  # [32, 32], with a few negative read-noise values
+    restored = richardson_lucy_sr(camera, PIXEL_SIZE_UM, NA, WAVELENGTH_UM, iterations=iterations)
+    upsampled = resize(camera.astype(np.float64), (64, 64), order=3, mode="reflect", anti_aliasing=False).clip(0)
+    half = int(np.ceil(3 * 0.6098 * WAVELENGTH_UM / NA / PIXEL_SIZE_UM))
+    airy = airy_kernel(2 * half + 1, PIXEL_SIZE_UM, NA, WAVELENGTH_UM)
+    peak = upsampled.max()
+    expected = richardson_lucy(upsampled / peak, airy, num_iter=iterations, clip=False) * peak
+    assert restored.shape == expected.shape == (64, 64)
+    assert np.abs(restored - expected).max() < 0.02 * expected.max()
+    assert np.abs(restored - expected).mean() < 0.01 * expected.mean()

@@ -164,6 +164,32 @@ def test_reference_phase_beats_every_two_shot_tie(absorbing_stack):
     assert two_shot["us"] < 0.6 * two_shot["fft"] and two_shot["us"] < 0.6 * two_shot["dct"], two_shot
 
 
+@pytest.fixture(scope="module")
+def blob_absorber_stack():
+    """The phase of `absorbing_stack` (cell_phantom seed 0) behind an absorber that does not follow it: two Gaussian
+    blobs (sigma 16 and 14 px, amplitude 0.5..1) centred between the cells, their tails over the cells' edges. An
+    amplitude that is a function of the phase (as `_absorbing_cells`') makes I grad phi a gradient, which Teague's
+    solution inverts exactly; these blobs do not."""
+    phase = cell_phantom(SIZE_PX, np.random.default_rng(0), peak=2.5).astype(np.float64)
+    y_px, x_px = np.mgrid[0:SIZE_PX, 0:SIZE_PX].astype(np.float64)
+    blobs = sum(np.exp(-((y_px - cy) ** 2 + (x_px - cx) ** 2) / (2 * sigma**2)) for cy, cx, sigma in
+                ((36, 60, 16), (100, 90, 14)))
+    amplitude = 1.0 - 0.5 * blobs / blobs.max()
+    return phase, amplitude, _camera_stack(phase, amplitude, Z_UM, np.random.default_rng(1))
+
+
+def test_reference_phase_corrects_teague_with_its_default_iterations(blob_absorber_stack):
+    """The through-focus reference with its default US-TIE iterations against Teague's solution alone (0
+    iterations), on an absorber that does not follow the cells. Measured: 0.0116 rad against 0.0360 (3.1x); without
+    noise 0.0085 against 0.0383."""
+    phase, amplitude, stack = blob_absorber_stack
+    assert amplitude.min() == pytest.approx(0.5, abs=0.01)
+    default = _mae(reference_phase(stack, Z_UM, focus=FOCUS)[0], phase)
+    teague = _mae(reference_phase(stack, Z_UM, focus=FOCUS, iterations=0)[0], phase)
+    assert default < 0.015
+    assert default < teague / 2, (default, teague)
+
+
 def test_wrong_z_spacing_scales_the_phase(absorbing_stack):
     # dI/dz = (fitted slope in t) / (half-range in um): a spacing given 2x too large halves dI/dz, and US-TIE is
     # linear in dI/dz, so the phase comes out at exactly half its size; 2x too small doubles it. This is the
