@@ -2,13 +2,13 @@
 
     python benchmarks/calibration.py --model builtin:qpi [--images 8] [--size 128] [--k 2 --k 4 --k 8 --k 16]
 
-On held-out measurements (QPI: cell phantoms, which no training image resembles, with the run's noise; another
-task: pass `--data` with what `cvdm-tf eval --data` reads), for each K: Spearman's rho of the std map with the
-|error| of the mean of the samples; the same for a perfectly calibrated model with this std map (the ceiling the
-spread of the std map allows, `metrics.calibration`); and the fractions of pixels whose error is within 1 and 2
-std (times sqrt(1 + 1/K)), against what a calibrated sampler reaches with a std estimated from K samples (a
-Student-t with K - 1 degrees of freedom: 61% / 86% at K = 4, 65% / 91% at 8, 67% / 94% at 16; more is
-over-dispersed, less over-confident). The ceiling is a parametric bootstrap: sigma = the map, a truth and K fresh
+On held-out measurements (QPI: the camera frames of `qpi_vs_tie.py`, cell fields and held-out natural images, with
+the run's noise; another task: pass `--data` with what `cvdm-tf eval --data` reads), for each K: Spearman's rho of
+the std map with the |error| of the mean of the samples; the same for a perfectly calibrated model with this std map
+(the ceiling the spread of the std map allows, `metrics.calibration`); and the fractions of pixels whose error is
+within 1 and 2 std (times sqrt(1 + 1/K)), against what a calibrated sampler reaches with a std estimated from K
+samples (a Student-t with K - 1 degrees of freedom: 61% / 86% at K = 4, 65% / 91% at 8, 67% / 94% at 16; more is
+over-dispersed, less over-confident). The ceiling is a parametric bootstrap: sigma from the map, a truth and K fresh
 samples drawn per pixel, the std re-estimated from them (`metrics.calibration`). All through `cvdm-tf eval`'s code
 path (`cvdm_tf.evaluation.evaluate`), errors centred as the task scores them.
 """
@@ -34,7 +34,8 @@ from cvdm_tf.runs import load_run  # noqa: E402
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="run folder or builtin:NAME")
-    parser.add_argument("--data", help="held-out data as `cvdm-tf eval --data` reads it (default, QPI: phantoms)")
+    parser.add_argument("--data", help="held-out data as `cvdm-tf eval --data` reads it (default, QPI: the camera "
+                        "frames of benchmarks/qpi_vs_tie.py, the run's default microscope)")
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--k", type=int, action="append", help="numbers of samples (default 2, 4, 8, 16)")
@@ -45,11 +46,16 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
         if data is None:
-            from cvdm_tf.data.phantoms import cell_phantoms
+            import dataclasses
 
-            for i, phase in enumerate(cell_phantoms(args.images, args.size, seed=args.seed,
-                                                    peak=config.data.phase_max * 0.85)):
-                io.write_tiff(Path(tmp) / f"phantom{i}.tif", phase.astype(np.float32))
+            from cvdm_tf.tasks import make_task
+            from cvdm_tf.tasks.qpi import camera_fields
+
+            # The camera-frame benchmark's fields (benchmarks/qpi_vs_tie.py): the centre `size` px of each is scored.
+            for name, phase in camera_fields(args.images, 2 * args.size, config.data.pixel_size_um, args.seed,
+                                             config.data.phase_max):
+                io.write_tiff(Path(tmp) / f"{name}.tif", phase.astype(np.float32))
+            task = make_task(task.name, dataclasses.replace(task.data, camera_crop=args.size, boundary="camera"))
             data = tmp
         rows = []
         for k in ks:

@@ -23,8 +23,9 @@ Methods, every error offset-free (each image's mean phase removed), in radians:
   solvers, each with one Tikhonov weight tuned on these very images and their truth (an oracle: the best that
   solver can do); FFT-TIE also with each image's own oracle weight;
 - the TIE channel the model sees (its solver, the noise-adaptive weight: no truth);
-- `+ step`: the run's data-consistency step (`data.data_consistency`, `--consistency N` to change it) applied
-  to the best of the oracle TIE rows and to every CVDM sample, so that both get the same post-processing;
+- `best oracle TIE + step`: the run's data-consistency step (`data.data_consistency`, `--consistency N` to
+  change it) applied to the best of the oracle TIE rows (named in brackets) and to every CVDM sample, so that both
+  get the same post-processing;
 - CVDM: the mean of the run's K samples (its sampler), with and without the step.
 Prints one markdown table per microscope and optionally writes JSON.
 """
@@ -83,7 +84,7 @@ def solve(solver, measured, weight, microscope):
 def benchmark(task, sampler, args, microscope, noise):
     """One microscope, one noise model: {method: scores}."""
     d = task.data
-    recorded = task.with_microscope(defocus_um=microscope.defocus_um * args.defocus_mismatch)
+    recorded = task.with_physics(defocus_um=microscope.defocus_um * args.defocus_mismatch)
     fields = test_images(args.protocol, args.images, args.size, microscope.pixel_size_um, args.seed, d.phase_max,
                          args.natural)
     cases = [recorded.simulate_case(name, phase, noise, (args.seed, i)) for i, (name, phase) in enumerate(fields)]
@@ -105,7 +106,7 @@ def benchmark(task, sampler, args, microscope, noise):
     if task.refines:
         best = min(oracle, key=lambda name: row[name]["mae"])
         stepped = np.asarray(task.refine(oracle[best][:, None, :, :, None], measured))[:, 0, ..., 0]
-        row[f"{best} + step"] = scores(stepped, truths)
+        row["best oracle TIE + step"] = {"solver": best, **scores(stepped, truths)}
     began, cpu = time.perf_counter(), time.process_time()
     out = sampler(y, steps=args.steps, samples=args.samples, seed=args.seed, method=args.sampler)
     drawn = task.denormalize_target(out["samples"]).numpy()
@@ -177,7 +178,7 @@ def main(argv=None):
             scope = task
         else:
             wavelength, pixel, defocus = (float(v) for v in spec.split(","))
-            scope = task.with_microscope(wavelength, pixel, defocus)
+            scope = task.with_physics(wavelength, pixel, defocus)
         microscope = scope.microscope
         try:
             scope.check_physics()
@@ -199,7 +200,8 @@ def main(argv=None):
         methods = [k for k, v in rows[noises[0]].items() if isinstance(v, dict)]
         for method in methods:
             cells = " | ".join(f"{rows[n][method]['mae']:.4f} | {rows[n][method]['ms_ssim']:.4f}" for n in noises)
-            print(f"| {method} | {cells} |")
+            solvers = sorted({rows[n][method]["solver"] for n in noises if "solver" in rows[n][method]})
+            print(f"| {method}{' (' + ', '.join(solvers) + ')' if solvers else ''} | {cells} |")
         print(f"\nCVDM: {rows[noises[0]]['cpu_seconds_per_image']:.1f} CPU-s per image")
     if args.json:
         with open(args.json, "w") as handle:

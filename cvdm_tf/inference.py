@@ -200,7 +200,7 @@ def _input_files(input_path, out_dir: Path, task) -> list[tuple[Path, str]]:
     if not root.exists():
         raise InputError(f"{os.fspath(input_path)}: no such file or folder")
     if not root.is_dir():
-        return [(root, root.stem)]
+        return [(root, sources.image_name(root))]
     found = sources.list_images(root, suffixes=task.input_suffixes)
     # An output folder inside the input folder: earlier outputs are not inputs.
     out = out_dir.resolve()
@@ -210,7 +210,7 @@ def _input_files(input_path, out_dir: Path, task) -> list[tuple[Path, str]]:
     found = [p for p in found if not task.is_truth_file(p, stems)]
     if not found:
         raise InputError(f"{os.fspath(input_path)}: no images found outside the output folder {out_dir}")
-    return [(p, "_".join(p.relative_to(root).with_suffix("").parts)) for p in found]
+    return [(p, sources.image_name(p, root)) for p in found]
 
 
 # === One image ===

@@ -90,13 +90,29 @@ def save(config, model, out_dir) -> Path:
     return out_dir
 
 
+def check_task(spec, task):
+    """The task as the card's check evaluates with it: the run's, with the check's data options (the card's
+    `check.data`, e.g. QPI's camera_crop, as `cvdm-tf eval --camera-crop` sets it)."""
+    options = card(spec)["check"].get("data", {})
+    if not options:
+        return task
+    import dataclasses
+
+    from cvdm_tf.tasks import make_task
+
+    return make_task(task.name, dataclasses.replace(task.data, **options))
+
+
 def describe(spec) -> str:
     """A short text card for `cvdm-tf models`."""
     c = card(spec)
     check = c["check"]
+    flags = "".join(f" --{key.replace('_', '-')} {value}" for key, value in check.get("data", {}).items())
     lines = [f"{PREFIX}{c['name']}  ({c['task']}) {c['title']}",
              f"  trained by:    {c['trained_with']}  (commit {c['commit']}; {c['training_cost']})",
              f"  training data: {c['training_data']}",
+             *([f"  physics:       {c['physics_range']} (a measurement outside is refused)"]
+               if "physics_range" in c else []),
              f"  parameters:    {c['parameters']:,}",
              f"  sampler:       {c['sampler']}",
              f"  benchmark:     {c['benchmark']['result']}",
@@ -106,5 +122,5 @@ def describe(spec) -> str:
                                              for method, value in check["scores"].items())
              + f" on {check['set']}",
              f"                 `cvdm-tf eval --model {PREFIX}{c['name']} --data {heldout(spec)} "
-             f"--samples {check['samples']} --seed {check['seed']} --baseline {check['baseline']}`"]
+             f"--samples {check['samples']} --seed {check['seed']} --baseline {check['baseline']}{flags}`"]
     return "\n".join(lines)

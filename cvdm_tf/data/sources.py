@@ -24,6 +24,7 @@ __all__ = [
     "split_by_image",
     "large_enough",
     "unique_name",
+    "image_name",
     "EMBEDDED_IMAGE_FILES",
 ]
 
@@ -113,9 +114,9 @@ def iter_source_images(source: str | os.PathLike, *, with_dtype: bool = False) -
     if not root.exists():
         raise InputError(f"{os.fspath(source)}: no such file or folder")
     if root.is_dir():
-        files = [(p, "_".join(p.relative_to(root).with_suffix("").parts)) for p in list_images(root)]
+        files = [(p, image_name(p, root)) for p in list_images(root)]
     else:
-        files = [(root, root.stem)]
+        files = [(root, image_name(root))]
     used: set[str] = set()
     out = []
     for path, base in files:
@@ -124,6 +125,15 @@ def iter_source_images(source: str | os.PathLike, *, with_dtype: bool = False) -
             name = unique_name(f"{base}_{index:03d}" if len(images) > 1 else base, used)
             out.append((name, image, dtype) if with_dtype else (name, image))
     return out
+
+
+def image_name(path: Path, root: Path | None = None) -> str:
+    """The name outputs of an image file take: its path relative to `root` without the suffix, folders joined by
+    ``_`` (``sub/cell1.tif`` -> ``sub_cell1``); an OME-TIFF's ``.ome`` goes with the suffix (``a.ome.tif`` -> ``a``)."""
+    parts = list((path.relative_to(root) if root is not None else Path(path.name)).with_suffix("").parts)
+    if parts[-1].lower().endswith(".ome"):
+        parts[-1] = parts[-1][: -len(".ome")]
+    return "_".join(parts)
 
 
 def embedded_images(grayscale: bool = True) -> list[tuple[str, np.ndarray]]:

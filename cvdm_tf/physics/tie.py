@@ -54,14 +54,18 @@ size and object: use `tune_regularization` when the truth is known (that is "the
 Noise with a non-zero mean (the paper's model) raises mean(I0) and so scales the estimate by
 1 / (1 + mean noise); the solver cannot tell that offset from light, and does not try.
 
-Boundaries: `tie_fft` assumes the phase is periodic on the grid (exact for the periodic simulation in
-`fresnel.py`). `tie_dct` assumes Neumann (reflective, zero normal derivative) boundaries and is the right
-choice for real camera crops, where the phase is not periodic: on 64-128 px crops of a smooth phase step (tanh,
+Boundaries: a camera frame fixes laplacian(phi) inside it, and nothing of the harmonic functions (laplacian = 0)
+that the boundary conditions choose: a tilt, a saddle, the tail of a cell cut by the edge. Each solver picks one.
+`tie_fft` makes the phase periodic on the grid (exact for the periodic simulation in `fresnel.py`). `tie_dct`
+gives it a zero normal derivative at the edges (Neumann): on 64-128 px crops of a smooth phase step (tanh,
 1.5 rad, flat at the borders) plus a bump, its MAE is ~0.002 rad against ~0.37 rad for `tie_fft`, which must
 make the phase equal at opposite edges. It uses type-II DCTs along each axis (type-III to invert), which is
 mathematically identical to mirror-padding to 2H x 2W and using the FFT solver, at a quarter of the cost.
-Neither solver can see a linear phase ramp (a tilt): with uniform intensity it has laplacian(phi) = 0 and
-leaves dI/dz = 0, so no TIE solver recovers it, whatever the boundaries.
+`tie_padded` takes the potential of the frame's own source (free space, as if nothing lay outside): on frames
+cut out of wider fields of cells and natural images it is the best of the three (its docstring).
+`tie_dirichlet` holds the phase at 0 on the edge; it is the pseudo-inverse of QPI's data-consistency step on
+camera frames, which must correct a sample inside the frame without touching its edge values. No solver can see
+a linear phase ramp (a tilt): with uniform intensity it has laplacian(phi) = 0 and leaves dI/dz = 0.
 
 Non-uniform intensity: US-TIE (`tie_us`, `tie_us_from_derivative`). Objects that absorb (real cells in
 brightfield) have a non-uniform in-focus intensity, and (6.6) then reads the intensity pattern as phase
@@ -104,8 +108,8 @@ import tensorflow as tf
 from cvdm_tf.errors import InputError
 from cvdm_tf.physics.grids import even_extension, float64
 
-__all__ = ["tie_fft", "tie_dct", "tie_padded", "tie_dirichlet", "frame_regularization", "tie_us", "tie_us_from_derivative", "tune_regularization",
-           "noise_adaptive_regularization"]
+__all__ = ["tie_fft", "tie_dct", "tie_padded", "tie_dirichlet", "frame_regularization", "tie_us",
+           "tie_us_from_derivative", "tune_regularization", "noise_adaptive_regularization"]
 
 _TWO_PI = 2.0 * math.pi
 
@@ -235,10 +239,11 @@ def tie_padded(intensities, defocus_um=1.0, wavelength_um=0.521, pixel_size_um=0
     (laplacian = 0: a tilt, a saddle, the tail of a cell cut by the edge) can be added without changing the
     pair. Each solver picks one: `tie_fft` makes phi periodic, `tie_dct` gives it a zero normal derivative at
     the edges, this one the potential of the source inside the frame alone, as if there were no object outside
-    it (the free-space Green's function, to the extent a 2x padded grid approximates it). Measured on 128 px
-    crops of fields twice as wide (8 cell fields, 4 natural images, lam 0.521 um, dx 0.21 um, dz 1 um, each
-    solver at its oracle weight, offset-free MAE in rad): noise-free 0.266 against 0.311 (FFT) and 0.318 (DCT),
-    paper noise 0.344 against 0.375 and 0.377; padding by H / 2 or by H gives the same.
+    it (the free-space Green's function, to the extent a 2x padded grid approximates it). Measured on the camera
+    frames of `benchmarks/qpi_vs_tie.py` (128 px centres of fields twice as wide: 8 cell fields, 4 natural images;
+    lam 0.521 um, dx 0.21 um, dz 1 um; each solver at its oracle weight; offset-free MAE in rad): noise-free 0.264
+    against 0.297 (FFT) and 0.305 (DCT), paper noise 0.323 against 0.342 and 0.345; at 0.60 um, 0.16 um, 2 um
+    0.236 / 0.245 against 0.292-0.297. Padding by H / 2 or by H gave the same.
 
     Steps:
       1. Source f = dx^2 k dI/dz / mean(I0), eqs. (6.5)-(6.6), on the frame.
@@ -270,10 +275,11 @@ def frame_regularization(height, width, strength=0.25):
     kappa_L = 2 pi / min(H, W) rad / px, the lowest frequency the frame holds (float32 scalar tensor).
 
     The harmonic part a frame does not fix (`tie_padded`) lives at the frame's own scale, so the damping that
-    best trades it against the phase is a fixed fraction of kappa_L^4, whatever the frame's size: measured on
-    crops of fields twice as wide, with the noise-adaptive weight added, strength 0.25 is within 0.02 rad of the
-    best at 64 and 128 px, noise-free and with the paper's noise (the noise-adaptive weight alone: 0.396 rad
-    noise-free at 128 px, against 0.269).
+    best trades it against the phase is a fixed fraction of kappa_L^4, whatever the frame's size. Measured by
+    `python scripts/frame_weight.py` (camera frames of 64 and 128 px of cell fields, zero-padded TIE at the
+    noise-adaptive weight plus this one): strength 0.25 is within 0.011 rad of the best strength at both sizes,
+    noise-free and with the paper's noise; without it, noise-free frames lose 0.05-0.08 rad (0.274 against 0.225
+    at 128 px).
     """
     size = tf.cast(tf.minimum(height, width), tf.float32)
     return strength * (_TWO_PI / size) ** 4

@@ -1,18 +1,27 @@
 """Quantitative phase imaging: the phase of a thin object from two defocused intensity images (cvdm-math.md
 section 6; the paper's section 4.2).
 
-A training pair, in order:
-    1. phase phi in [0, phase_max] radians (the target), cropped from a ground-truth image;
-    2. the 2-shot measurement (I(-dz), I(+dz)) of the thin phase object exp(i phi) by Fresnel propagation (of the
-       crop, periodic, or of its mirror extension with `crop_boundary = "mirror"`);
-    3. noise: `paper` (Gaussian with mean and std lam_n, lam_n ~ U(0, noise_max) per pair), `poisson` (photon
+A training pair, in order (`pair`):
+    1. the pair's microscope (cvdm_tf.physics.microscope): drawn from the training range (wavelength, pixel size
+       at the sample, Fresnel number F = lam dz / dx^2), or the one fixed microscope;
+    2. phase phi in [0, phase_max] radians (the target) from a ground-truth image: a field of
+       CAMERA_FIELD x the crop (`crop_boundary = "camera"`) or the crop itself, resampled to the pair's pixel
+       size;
+    3. the 2-shot measurement (I(-dz), I(+dz)) of the thin object exp(i phi) by Fresnel propagation of that
+       field (periodic; or of its mirror extension with `crop_boundary = "mirror"`), then, for a camera frame, its
+       centre: a frame whose edges cut through objects and receive light from outside, as a camera's do;
+    4. noise: `paper` (Gaussian with mean and std lam_n, lam_n ~ U(0, noise_max) per pair), `poisson` (photon
        counts at `photons_per_pixel` plus Gaussian read noise), or `none`;
-    4. normalisation: condition y = (I / mean(I) - 1) * CONDITION_GAIN (the pair divided by its own mean
+    5. normalisation: condition y = (I / mean(I) - 1) * CONDITION_GAIN (the pair divided by its own mean
        intensity, which removes the illumination level of a real microscope but keeps the contrast, the thing that
-       encodes the phase, and is the same for a 64 px crop and a 2048 px image); with `noise_channel`, a channel
-       holds the noise level estimated from the pair; with `tie_channel`, the last channel holds the TIE phase
-       estimate (FFT solver; DCT for mirror-simulated crops) in target units (its Tikhonov weight fixed, or
-       chosen from that noise level with `tie_weight = "noise"`); target x = 2 (phi - mean(phi)) / phase_max.
+       encodes the phase, and is the same for a 64 px crop and a 2048 px image); optional constant channels (the
+       noise level, the Fresnel number, periodic-or-frame); with `tie_channel`, the last channel holds the TIE
+       phase in target units, solved with the pair's own microscope (a camera frame: `tie_solver`, the frame
+       weight added; a periodic field: FFT); target x = 2 (phi - mean(phi)) / phase_max.
+
+A measurement's physics is the data config's microscope (`wavelength_um`, `pixel_size_um`, `defocus_um`), which
+`with_physics` replaces per measurement (flags, file metadata) and `check_physics` holds to the training range;
+`boundary` says whether it is a camera frame or a periodic field.
 
 After sampling (never in training), each sample can be refined against its own pair (`data_consistency`:
 `refine`, cvdm_tf.physics.consistency).
@@ -253,8 +262,6 @@ class QPITask(Task):
             return self
         Microscope(**{**vars(self.data.microscope), **given}).check()
         return type(self)(dataclasses.replace(self.data, **{key: float(value) for key, value in given.items()}))
-
-    with_microscope = with_physics
 
     def with_physics_tensors(self, wavelength_um, pixel_size_um, defocus_um) -> "QPITask":
         """This task with the microscope given as scalar tensors (an exported graph's inputs), and a graph
@@ -699,8 +706,8 @@ def phase_from_image(image: np.ndarray, source_dtype, phase_max: float) -> np.nd
 def load_ground_truth(data_config, min_size: int, warn=None) -> list[tuple[str, np.ndarray]]:
     """The ground-truth phase images of a data config as (name, [H, W] float32 radians).
 
-    `source = ""` takes the images embedded in scikit-image but EVAL_IMAGES; otherwise a folder (searched recursively), an image,
-    or a .npy/.npz stack. Integer images are scaled by their dtype's range, float images by their own min/max,
+    `source = ""` takes the images embedded in scikit-image but EVAL_IMAGES; otherwise a folder (searched
+    recursively), an image, or a .npy/.npz stack. Integer images are scaled by their dtype's range, float images by their own min/max,
     then to [0, phase_max] over the whole image (`phase_scaling = "image"`; "crop" leaves them in [0, 1] and
     scales every crop to [0, phase_max] instead).
 
