@@ -328,7 +328,10 @@ def _absorbing_stack(tmp_path, size=64, planes=21, step=0.25):
     z = (np.arange(planes) - planes // 2) * step
     stack = _camera_stack(phase, amplitude, z, np.random.default_rng(5), noise_sd=0.002).astype(np.float32)
     path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "ZYX", "spacing": step, "unit": "um"})
+    # The metadata states what simulate_stack used (0.21 um pixels): with unit "um" and no resolution ImageJ
+    # would read 1 um pixels, outside the QPI model's range.
+    tifffile.imwrite(path, stack, imagej=True, resolution=(1 / 0.21, 1 / 0.21),
+                     metadata={"axes": "ZYX", "spacing": step, "unit": "um"})
     return path, phase, planes // 2
 
 
