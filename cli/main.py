@@ -269,8 +269,8 @@ def simulate(task, input_path, out, noise, seed, task_values):
 @click.option("--input", "input_path", required=True, type=click.Path(),
               help="Raw measurement(s): an image/stack file or a folder (recursive). QPI: the H x W x 2 pair.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True,
-              help="K samples per image (the std map is over these).")
+@click.option("--samples", type=click.IntRange(min=1),
+              help="K samples per image, the std map is over these (default: the run's sampler.samples).")
 @click.option("--steps", type=click.IntRange(min=1), help="T sampling steps (default: the run's sampler.steps).")
 @click.option("--sampler", "method", type=click.Choice(["ddpm", "ddim"]),
               help="Sampler (default: the run's sampler.method).")

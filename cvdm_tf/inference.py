@@ -67,7 +67,7 @@ class InferReport:
         return not self.failed
 
 
-def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | None = None,
+def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps: int | None = None,
                 method: str | None = None, seed: int = 0, batch_size: int = 4, tile: int = 256,
                 progress=None, reader_options: dict | None = None, precision: str | None = None,
                 data=None, physics: dict | None = None) -> InferReport:
@@ -78,7 +78,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
         input_path: path. An image/stack file or a folder (searched recursively; hidden files and the output
             folder itself are skipped).
         out_dir: path. Created if needed; outputs are named after the inputs (see the module docstring).
-        samples: int. K, samples per image (the std is over these).
+        samples: int or None. K, samples per image (the std is over these); None: the run's `sampler.samples`.
         steps: int or None. T sampling steps; None: the run's `sampler.steps`.
         method: "ddpm", "ddim" or None (the run's `sampler.method`).
         seed: int. Same seed, same inputs, same batch size -> same outputs.
@@ -113,6 +113,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
 
         task = make_task(config.task, data)
     files = _input_files(input_path, out_dir, task)
+    samples = samples or config.sampler.samples
     steps = steps or config.sampler.steps
     method = method or config.sampler.method
     multiple = model.model_config.size_multiple
@@ -121,6 +122,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int = 8, steps: int | Non
     sampler_config = dataclasses.replace(config.sampler, precision=precision or config.sampler.precision)
     sampler = sampler_for(model, sampler_config)  # one compiled graph for every file and tile
     progress = progress or InferProgress(len(files))
+    progress.message(f"K = {samples} samples of T = {steps} {method} steps per image")
     report = InferReport(out_dir=out_dir, files=len(files))
     used: set[str] = set()
     try:
@@ -186,6 +188,8 @@ def write_outputs(out_dir: Path, name: str, raw: np.ndarray, result: dict, unit:
 
 def _check_options(samples, steps, batch_size, tile, method):
     for option, value in (("--samples", samples), ("--batch-size", batch_size), ("--tile", tile)):
+        if option == "--samples" and value is None:  # the run's sampler.samples
+            continue
         if not (isinstance(value, int) and value >= 1):
             raise InputError(f"{option}: must be a positive integer, got {value!r}")
     if steps is not None and not (isinstance(steps, int) and steps >= 1):

@@ -244,6 +244,17 @@ def _read(path):
     return sources.read_image(path)
 
 
+def test_infer_samples_with_the_runs_sampler_unless_told(tiny_run, measurements, tmp_path):
+    """K and T default to the run's sampler (what its card's scores used), and the first line says which."""
+    result = _invoke("--model", tiny_run, "--input", measurements / "good" / "small.tif", "--out", tmp_path / "a")
+    assert result.exit_code == 0, result.stderr
+    assert "K = 2 samples of T = 5 ddpm steps" in result.stderr  # tiny_qpi_config's sampler
+    result = _invoke("--model", tiny_run, "--input", measurements / "good" / "small.tif", "--out", tmp_path / "b",
+                     "--samples", 3, "--steps", 1, "--sampler", "ddim")
+    assert result.exit_code == 0, result.stderr
+    assert "K = 3 samples of T = 1 ddim steps" in result.stderr
+
+
 @pytest.mark.slow
 def test_infer_writes_all_outputs(infer_run):
     result, out = infer_run
