@@ -162,7 +162,8 @@ def apply_task_options(task_name: str, data, values: dict, command_name: str):
 
 @main.command()
 @TASK
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (default: configs/TASK.toml).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML config (default: configs/TASK.toml).")
 @click.option("--data", help="Training images: a folder (recursive), an image or a .npy/.npz stack. Default: embedded.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder (default: runs/TASK-TIMESTAMP).")
 @click.option("--steps", type=int, help="Total training steps (also when resuming).")

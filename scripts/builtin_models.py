@@ -30,7 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from cvdm_tf import builtin, io  # noqa: E402
 from cvdm_tf.evaluation import evaluate  # noqa: E402

@@ -1,4 +1,5 @@
-"""The calibration of the uncertainty map (metrics.calibration) against a simulated calibrated sampler, and its units."""
+"""The calibration of the uncertainty map (metrics.calibration) against a simulated calibrated sampler, and its
+units."""
 
 import numpy as np
 import pytest

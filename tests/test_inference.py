@@ -176,9 +176,9 @@ def test_a_model_that_learns_nothing_returns_the_tie_estimate(boundary):
 @pytest.mark.parametrize("tile", [256, 48])
 def test_data_consistency_makes_a_model_that_learns_nothing_beat_tie_on_a_clean_pair(tile):
     """The default config refines each sample against its pair (`data.data_consistency`). On a noise-free
-    periodic pair of a cell (`boundary = "periodic"`) the model that learns nothing then returns more than TIE: one step removes part of TIE's
-    first-order error; its samples still agree. Tiled (48 px tiles of a 64 px image) the samples are blended and
-    aligned before the whole image is refined."""
+    periodic pair of a cell (`boundary = "periodic"`) the model that learns nothing then returns more than TIE:
+    one step removes part of TIE's first-order error; its samples still agree. Tiled (48 px tiles of a 64 px
+    image) the samples are blended and aligned before the whole image is refined."""
     model = NothingLearned()
     default = model.config.data.data_consistency
     assert default > 0  # the default config refines

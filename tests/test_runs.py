@@ -269,7 +269,6 @@ def test_a_non_finite_loss_stops_without_saving_after_it(tmp_path, monkeypatch):
 def test_a_diverging_run_stops_and_keeps_only_finite_checkpoints(tmp_path):
     """An honest divergence: learning rate 1e6. Whatever step it blows up at, training stops with exit code 1
     and a one-line message, and every checkpoint left (checkpoint_every 1) holds finite weights."""
-    import tensorflow as tf
 
     config = tmp_path / "tiny.toml"
     config.write_text(TINY_TOML.replace(f"steps = {STEPS}", "steps = 10", 1)

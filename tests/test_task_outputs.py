@@ -7,7 +7,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import tifffile
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity

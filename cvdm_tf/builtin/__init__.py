@@ -118,7 +118,7 @@ def describe(spec) -> str:
              f"  benchmark:     {c['benchmark']['result']}",
              f"                 on {c['benchmark']['set']}",
              f"                 `{c['benchmark']['command']}`",
-             f"  check:         " + ", ".join(f"{method} {check['metric']} {value:.4f}"
+             "  check:         " + ", ".join(f"{method} {check['metric']} {value:.4f}"
                                              for method, value in check["scores"].items())
              + f" on {check['set']}",
              f"                 `cvdm-tf eval --model {PREFIX}{c['name']} --data {heldout(spec)} "

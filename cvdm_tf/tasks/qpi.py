@@ -646,8 +646,9 @@ class QPITask(Task):
         a, b = self.centre(estimate, truth)
         data_range = float(np.ptp(b)) or 1.0
         error = metrics.mae(a, b)
-        return {"mae_rad": error, "mae_paper": error * 2.0 / self.data.phase_max, "psnr": metrics.psnr(a, b, data_range),
-                "ssim": metrics.ssim(a, b, data_range), "ms_ssim": metrics.ms_ssim(a, b, data_range)}
+        return {"mae_rad": error, "mae_paper": error * 2.0 / self.data.phase_max,
+                "psnr": metrics.psnr(a, b, data_range), "ssim": metrics.ssim(a, b, data_range),
+                "ms_ssim": metrics.ms_ssim(a, b, data_range)}
 
 
 class TIEBaseline(Baseline):
@@ -707,9 +708,9 @@ def load_ground_truth(data_config, min_size: int, warn=None) -> list[tuple[str, 
     """The ground-truth phase images of a data config as (name, [H, W] float32 radians).
 
     `source = ""` takes the images embedded in scikit-image but EVAL_IMAGES; otherwise a folder (searched
-    recursively), an image, or a .npy/.npz stack. Integer images are scaled by their dtype's range, float images by their own min/max,
-    then to [0, phase_max] over the whole image (`phase_scaling = "image"`; "crop" leaves them in [0, 1] and
-    scales every crop to [0, phase_max] instead).
+    recursively), an image, or a .npy/.npz stack. Integer images are scaled by their dtype's range, float images
+    by their own min/max, then to [0, phase_max] over the whole image (`phase_scaling = "image"`; "crop" leaves
+    them in [0, 1] and scales every crop to [0, phase_max] instead).
 
     Images smaller than `min_size` (the training crop) on either side are skipped, each named in one line through
     `warn(message)`; an InputError if none is left (or if a file is unreadable or has NaN/Inf pixels).
