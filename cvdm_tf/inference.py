@@ -222,7 +222,7 @@ def _input_files(input_path, out_dir: Path, task) -> list[tuple[Path, str]]:
 def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, method: str = "ddpm",
                 seed: int = 0, tile: int = 256, batch_size: int = 4, progress: Callable | None = None,
                 sampler=None, chunk: int | None = None, step_progress: Callable | None = None,
-                physics: dict | None = None) -> dict:
+                physics: dict | None = None, keep_samples: bool = False) -> dict:
     """Sample the model for one raw measurement and return the result in physical units.
 
     Args:
@@ -241,10 +241,12 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         step_progress: callable(done, steps) or None. Only with `chunk`; a regression run has no steps.
         physics: dict or None. The measurement's physics (`task.physics_keys`; QPI: wavelength_um, pixel_size_um,
             defocus_um in um), None values keeping the task's; checked against the model's training range.
+        keep_samples: bool. Also return every sample.
 
     Returns:
         dict of float32 [H, W, C_target] on the output grid (H = task.scale * h): `mean` and `std` (over the K
-        samples) in the task's units (QPI: radians) and `schedule` (tau * rho(1)).
+        samples) in the task's units (QPI: radians) and `schedule` (tau * rho(1)); with `keep_samples`,
+        `samples` [K, H, W, C_target] in the same units.
 
     Raises:
         InputError: wrong channel count, not an image, values that cannot be normalised, or a tile smaller than
@@ -295,7 +297,7 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
             raise InputError(f"out of memory sampling {len(batch)} tile(s) of {batch.shape[1]} x {batch.shape[2]} "
                              "px (try a smaller --batch-size or --tile)") from None
         result = {"mean": out["mean"].numpy(), "std": out["std"].numpy(), "schedule": out["schedule"].numpy()}
-        if task.refines:
+        if task.refines or keep_samples:
             # Every sample, as channels [B, h, w, K * C], blended and aligned like the mean.
             drawn = out["samples"].numpy() if "samples" in out else result["mean"][:, None]
             result["samples"] = np.moveaxis(drawn, 1, -2).reshape(drawn.shape[0], *drawn.shape[2:4], -1)
@@ -307,17 +309,24 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
     crop = (slice(0, height), slice(0, width))
     # 5. Physical units. A task that refines (QPI's data consistency) gets each sample of the whole image; mean and
     # std are then taken anew from the refined samples.
-    if task.refines:
+    schedule = blended["schedule"][crop].astype(np.float32)
+    drawn = None
+    if task.refines or keep_samples:
         drawn = blended["samples"][crop]
         drawn = np.moveaxis(drawn.reshape(height, width, -1, model.model_config.target_channels), 2, 0)
-        drawn = np.asarray(task.refine(drawn * scale + offset, raw), np.float32)
+        drawn = (drawn * scale + offset).astype(np.float32)
+    if task.refines:
+        drawn = np.asarray(task.refine(drawn, raw), np.float32)
         std = drawn.std(axis=0, ddof=1) if len(drawn) > 1 else np.zeros_like(drawn[0])
-        return {"mean": drawn.mean(axis=0), "std": std.astype(np.float32),
-                "schedule": blended["schedule"][crop].astype(np.float32)}
-    mean = (blended["mean"][crop] * scale + offset).astype(np.float32)
-    # The std is blended like the mean (not as a variance): a weighted mean of per-tile estimates keeps their
-    # expected value, so overlaps do not show up brighter (sqrt of an averaged variance would, by Jensen).
-    std = (np.maximum(blended["std"][crop], 0.0) * np.abs(scale)).astype(np.float32)
-    return {"mean": mean, "std": std, "schedule": blended["schedule"][crop].astype(np.float32)}
+        result = {"mean": drawn.mean(axis=0), "std": std.astype(np.float32), "schedule": schedule}
+    else:
+        mean = (blended["mean"][crop] * scale + offset).astype(np.float32)
+        # The std is blended like the mean (not as a variance): a weighted mean of per-tile estimates keeps their
+        # expected value, so overlaps do not show up brighter (sqrt of an averaged variance would, by Jensen).
+        std = (np.maximum(blended["std"][crop], 0.0) * np.abs(scale)).astype(np.float32)
+        result = {"mean": mean, "std": std, "schedule": schedule}
+    if keep_samples:
+        result["samples"] = drawn
+    return result
 
 

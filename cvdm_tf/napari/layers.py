@@ -1,84 +1,16 @@
-"""napari layers <-> the task's arrays: what the widget samples from, and the layers it adds back (no Qt here).
+"""napari layers <-> the task's arrays: the layers the widget adds back (no Qt here).
 
-A layer's array becomes the task's raw measurement [h, w, C_m] by the very reader `cvdm-tf infer` uses: it is
-written to a temporary TIFF (dtype kept, so integer images scale as files do) and read back with
-`task.read_file`. So every rule of the command line holds in the viewer too: a QPI pair as [2, H, W]
-or [H, W, 2], a through-focus z-stack [Z, H, W] with a z step (its pair picked around the focus plane), alpha
-channels dropped, NaN/Inf refused.
+A layer's array becomes the task's raw measurement by `cvdm_tf.api.read_array`, the very reader `cvdm-tf infer`
+uses, so every rule of the command line holds in the viewer too.
 """
 
 from __future__ import annotations
 
-import inspect
-import tempfile
-from pathlib import Path
-
 import numpy as np
-
-from cvdm_tf.errors import InputError
 
 #: The outputs of one reconstruction, as `cvdm_tf.inference.reconstruct` returns them, in the order they are added.
 OUTPUTS = ("mean", "std", "schedule")
 COLORMAPS = {"mean": "gray", "std": "magma", "schedule": "viridis"}
-
-
-def measurement(task, data, z_step_um: float | None = None, plane: int = 0, message=None,
-                name: str = "layer", physics: dict | None = None):
-    """(task, raw measurement [h, w, C_m]) of a layer's array, read as `cvdm-tf infer` reads a file.
-
-    Args:
-        task: the run's task (its `read_file` decides the layout and values).
-        data: array-like. The layer's data: [H, W], [H, W, C], [C, H, W] or a stack [N, H, W].
-        z_step_um: float or None. A QPI through-focus z-stack's plane spacing (None: not a z-stack).
-        plane: int. Which image of a stack of N single images (the viewer's current plane).
-        message: callable(str) or None. The reader's notes (e.g. which planes of a z-stack were used).
-        name: str. The layer's name, for messages.
-        physics: dict or None. The measurement's physics (`task.physics_keys`, None where not given).
-
-    Returns:
-        (task for the measurement's physics, checked against the model's range; np.ndarray float32 [h, w, C_m]).
-
-    Raises:
-        InputError: the array is not an image the task reads, has the wrong channel count, or physics outside
-            the model's range.
-    """
-    import tifffile
-
-    array = np.asarray(data)
-    if array.dtype.kind not in "uif" or array.ndim not in (2, 3):
-        raise InputError(f"{name}: expected a 2-D image or a 3-D stack of numbers, got {array.ndim}-D {array.dtype}")
-    if array.dtype.kind == "f":
-        array = array.astype(np.float32)
-    options = {}
-    if z_step_um:
-        if "z_step_um" not in inspect.signature(task.read_file).parameters:
-            raise InputError(f"{name}: this model's task reads no z-stacks (set the z step to 0)")
-        options["z_step_um"] = float(z_step_um)
-    with tempfile.TemporaryDirectory(prefix="cvdm-napari-") as folder:
-        path = Path(folder) / "layer.tif"
-        tifffile.imwrite(path, array, photometric="rgb" if _is_rgb(array) else "minisblack")
-        # Messages name the layer, not the temporary file.
-        rename = lambda text: str(text).replace(str(path), name)  # noqa: E731
-        try:
-            task, images = task.read_file(path, message=message and (lambda text: message(rename(text))),
-                                          physics={key: value for key, value in (physics or {}).items()
-                                                   if key in task.physics_keys}, **options)
-        except InputError as err:
-            raise InputError(rename(err)) from None
-    try:
-        task.check_physics()
-    except InputError as err:
-        raise InputError(f"{name}: {err}") from None
-    image = images[min(max(int(plane), 0), len(images) - 1)]
-    if image.shape[-1] != task.measurement_channels:
-        stack = len(images) > 1 and "z_step_um" in inspect.signature(task.read_file).parameters
-        raise InputError(f"{name}: has {image.shape[-1]} channel(s), the model needs {task.measurement_channels} "
-                         f"({task.describe_measurement()})" + ("; a z-stack needs its z step" if stack else ""))
-    return task, image
-
-
-def _is_rgb(array: np.ndarray) -> bool:
-    return array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8
 
 
 def output_layers(result: dict, task, name: str, pixel_size_um: float | None = None) -> list[tuple]:

@@ -228,14 +228,15 @@ class ReconstructWidget(Container):
     # --- worker thread ---
     def _compute(self, job: Job):
         """Load (or reuse) the model, read the layer as the task reads a file, sample: (job, task, result)."""
+        from cvdm_tf.api import read_array
         from cvdm_tf.inference import reconstruct
 
         self.worker_thread = threading.get_ident()
         self._check_cancel()
         config, task, model, sampler = self._load(job.model)
         self._check_cancel()
-        task, raw = layers.measurement(task, job.data, job.z_step_um, job.plane, message=self._relay.message.emit,
-                                       name=job.name, physics=job.physics)
+        task, raw = read_array(task, job.data, job.z_step_um, job.plane, message=self._relay.message.emit,
+                               name=job.name, physics=job.physics)
         steps = job.steps or config.sampler.steps
         height, width = raw.shape[0] * task.scale, raw.shape[1] * task.scale
         state = {"tiles": 0, "total": _tile_count(height, width, job.tile), "batch": 0}

@@ -1,0 +1,184 @@
+"""The Python API: a trained model applied to numpy arrays, with the results in physical units.
+
+    >>> import cvdm_tf
+    >>> model = cvdm_tf.load("builtin:qpi")            # or the run folder of `cvdm-tf train`
+    >>> out = model.predict(pair, wavelength_um=0.55, pixel_size_um=0.16, defocus_um=1.5)
+    >>> out.mean, out.std, out.schedule                  # [H, W] float32; QPI: phase and its std in rad
+    >>> out.unit, out.pixel_size_um                      # "rad", 0.16
+
+`predict` reads the array exactly as `cvdm-tf infer` reads a file (`read_array`: a QPI pair [2, H, W] or
+[H, W, 2], a z-stack [Z, H, W] with `z_step_um`, a BioSR widefield image, an 8-bit RGB image for 4x SR) and
+samples with the run's sampler unless told otherwise, so the numbers of a model's card hold from Python too.
+The napari widget reads its layers through `read_array`.
+
+    measurement   the raw array a microscope or camera gives (intensities, counts), any size
+    K (samples)   samples drawn per pixel: `mean` and `std` are over these
+    T (steps)     sampling steps of the reverse diffusion
+    physics       the task's physical parameters (`task.physics_keys`; QPI: wavelength_um, pixel_size_um,
+                  defocus_um), None keeping the run's; refused outside the range the model was trained on
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cvdm_tf.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One reconstruction in the task's units (QPI: radians; BioSR / SR: the input's intensity units).
+
+    Attributes:
+        mean: float32 [H, W] (or [H, W, C] for C > 1 target channels): the mean of the K samples.
+        std: float32, same shape: their standard deviation (ddof 1), the uncertainty map.
+        schedule: float32, same shape: the learned schedule's magnitude tau * rho(1) (where the model finds it hard).
+        samples: float32 [K, ...] or None: every sample, when `predict(..., keep_samples=True)`.
+        unit: str. The unit of mean, std and samples ("" for relative intensities).
+        pixel_size_um: float or None. The outputs' pixel size (the task's output grid), when known.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    schedule: np.ndarray
+    samples: np.ndarray | None
+    unit: str
+    pixel_size_um: float | None
+
+
+class Model:
+    """A trained CVDM (a run folder or `builtin:NAME`), its task and its sampler, loaded once for many images.
+
+    Attributes:
+        config: the run's `Config` (its `sampler` table holds the default K, T and method).
+        task: the run's task (`cvdm_tf.tasks`): what a measurement is, its units and physics.
+        card: dict or None. The built-in model's card (`cvdm-tf models NAME`), None for a run folder.
+    """
+
+    def __init__(self, spec):
+        from cvdm_tf import builtin
+        from cvdm_tf.runs import load_run
+        from cvdm_tf.sampler import sampler_for
+
+        self.spec = str(spec)
+        self.config, self.task, self.network = load_run(spec)
+        self.sampler = sampler_for(self.network, self.config.sampler)  # one compiled graph for every call
+        self.card = builtin.card(spec) if builtin.is_builtin(spec) else None
+
+    def __repr__(self):
+        return f"cvdm_tf.Model({self.spec!r}, task={self.task.name!r})"
+
+    def predict(self, measurement, samples: int | None = None, steps: int | None = None,
+                method: str | None = None, seed: int = 0, tile: int = 256, batch_size: int = 4,
+                z_step_um: float | None = None, plane: int = 0, keep_samples: bool = False, message=None,
+                **physics) -> Prediction:
+        """Reconstruct one measurement.
+
+        Args:
+            measurement: array-like, a raw measurement as `read_array` takes it.
+            samples, steps, method: K, T and "ddpm" / "ddim"; None: the run's sampler (its card's).
+            seed: int. Same seed, same measurement, same result.
+            tile, batch_size: as `cvdm-tf infer --tile --batch-size`.
+            z_step_um, plane: a QPI z-stack's plane spacing; which image of a stack of single images.
+            keep_samples: bool. Also return every sample (K times the memory of `mean`).
+            message: callable(str) or None. The reader's notes (e.g. which planes of a z-stack were paired).
+            **physics: the task's physics in its units (QPI: wavelength_um=, pixel_size_um=, defocus_um=).
+
+        Returns:
+            Prediction.
+
+        Raises:
+            InputError: the array is not a measurement of this task, an option is out of range, or the physics
+                lies outside the model's training range (the message names the range).
+        """
+        from cvdm_tf.inference import reconstruct
+
+        unknown = sorted(set(physics) - set(self.task.physics_keys))
+        if unknown:
+            known = ", ".join(self.task.physics_keys) or "none"
+            raise InputError(f"{', '.join(unknown)}: not a physical parameter of task {self.task.name} ({known})")
+        task, raw = read_array(self.task, measurement, z_step_um=z_step_um, plane=plane, message=message,
+                               name="measurement", physics=physics)
+        result = reconstruct(self.network, task, raw, samples=samples or self.config.sampler.samples,
+                             steps=steps or self.config.sampler.steps, method=method or self.config.sampler.method,
+                             seed=seed, tile=tile, batch_size=batch_size, sampler=self.sampler,
+                             keep_samples=keep_samples)
+        squeeze = (lambda a: a[..., 0]) if result["mean"].shape[-1] == 1 else (lambda a: a)  # noqa: E731
+        return Prediction(mean=squeeze(result["mean"]), std=squeeze(result["std"]),
+                          schedule=squeeze(result["schedule"]),
+                          samples=squeeze(result["samples"]) if keep_samples else None,
+                          unit=task.target_unit, pixel_size_um=task.output_pixel_size_um)
+
+
+def load(spec) -> Model:
+    """The model of a run folder of `cvdm-tf train` or of a built-in model `builtin:NAME` (`cvdm-tf models`)."""
+    return Model(spec)
+
+
+def read_array(task, data, z_step_um: float | None = None, plane: int = 0, message=None,
+               name: str = "array", physics: dict | None = None):
+    """(task, raw measurement [h, w, C_m]) of an array, read as `cvdm-tf infer` reads a file.
+
+    The array is written to a temporary TIFF (dtype kept, so integer images scale as files do) and read back with
+    `task.read_file`, so every rule of the command line holds: a QPI pair as [2, H, W] or [H, W, 2], a
+    through-focus z-stack [Z, H, W] with a z step (its pair picked around the focus plane), alpha channels
+    dropped, NaN/Inf refused.
+
+    Args:
+        task: the run's task (its `read_file` decides the layout and values).
+        data: array-like. [H, W], [H, W, C], [C, H, W] or a stack [N, H, W].
+        z_step_um: float or None. A QPI through-focus z-stack's plane spacing (None: not a z-stack).
+        plane: int. Which image of a stack of N single images.
+        message: callable(str) or None. The reader's notes (e.g. which planes of a z-stack were used).
+        name: str. What the array is called in messages (a napari layer's name).
+        physics: dict or None. The measurement's physics (`task.physics_keys`, None where not given).
+
+    Returns:
+        (task for the measurement's physics, checked against the model's range; np.ndarray float32 [h, w, C_m]).
+
+    Raises:
+        InputError: the array is not an image the task reads, has the wrong channel count, or physics outside
+            the model's range.
+    """
+    import tifffile
+
+    array = np.asarray(data)
+    if array.dtype.kind not in "uif" or array.ndim not in (2, 3):
+        raise InputError(f"{name}: expected a 2-D image or a 3-D stack of numbers, got {array.ndim}-D {array.dtype}")
+    if array.dtype.kind == "f":
+        array = array.astype(np.float32)
+    options = {}
+    if z_step_um:
+        if "z_step_um" not in inspect.signature(task.read_file).parameters:
+            raise InputError(f"{name}: this model's task reads no z-stacks (set the z step to 0)")
+        options["z_step_um"] = float(z_step_um)
+    with tempfile.TemporaryDirectory(prefix="cvdm-array-") as folder:
+        path = Path(folder) / "array.tif"
+        tifffile.imwrite(path, array, photometric="rgb" if _is_rgb(array) else "minisblack")
+        # Messages name the array, not the temporary file.
+        rename = lambda text: str(text).replace(str(path), name)  # noqa: E731
+        try:
+            task, images = task.read_file(path, message=message and (lambda text: message(rename(text))),
+                                          physics={key: value for key, value in (physics or {}).items()
+                                                   if key in task.physics_keys}, **options)
+        except InputError as err:
+            raise InputError(rename(err)) from None
+    try:
+        task.check_physics()
+    except InputError as err:
+        raise InputError(f"{name}: {err}") from None
+    image = images[min(max(int(plane), 0), len(images) - 1)]
+    if image.shape[-1] != task.measurement_channels:
+        stack = len(images) > 1 and "z_step_um" in inspect.signature(task.read_file).parameters
+        raise InputError(f"{name}: has {image.shape[-1]} channel(s), the model needs {task.measurement_channels} "
+                         f"({task.describe_measurement()})" + ("; a z-stack needs its z step" if stack else ""))
+    return task, image
+
+
+def _is_rgb(array: np.ndarray) -> bool:
+    return array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8
