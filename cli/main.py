@@ -1,7 +1,8 @@
 """`cvdm-tf`: train, simulate, infer, export, eval. Each command parses its arguments and calls one library function.
 
-TensorFlow is imported lazily and quietly (its start-up logging and CUDA probes go to /dev/null unless
---verbose), so `cvdm-tf --help` is instant and a run's output is for people. A user error (`InputError`) prints
+TensorFlow is imported lazily and quietly: only when a command first needs it, after its inputs are checked, with
+its start-up logging and CUDA probes sent to /dev/null unless --verbose. So `cvdm-tf --help` and a typo in a path
+answer at once, and a run's output is for people. A user error (`InputError`) prints
 one line `error: ...` and exits with code 2, never a traceback.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.abc
+import importlib.util
 import os
 import sys
 from datetime import datetime
@@ -38,19 +41,36 @@ def _stderr_silenced():
         os.close(devnull)
 
 
-def start_tensorflow(verbose: bool):
-    """Import TensorFlow (and probe its devices) quietly unless `verbose`."""
-    if verbose:
-        import tensorflow as tf
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+    """An import hook: whenever `tensorflow` is first imported, it loads (and probes its devices) with fd 2 silenced,
+    and its Python logger set to errors only. Removed once used."""
 
-        tf.config.list_physical_devices()
+    def find_spec(self, name, path, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            with _stderr_silenced():
+                execute(module)
+                module.config.list_physical_devices()
+            module.get_logger().setLevel("ERROR")
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def start_tensorflow(verbose: bool):
+    """Arrange for TensorFlow to start quietly, whenever a command first imports it, unless `verbose`."""
+    if verbose or "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _stderr_silenced():
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-        tf.get_logger().setLevel("ERROR")
+    if not any(isinstance(finder, _QuietTensorFlow) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlow())
     import warnings
 
     warnings.filterwarnings("ignore", module="keras")
@@ -58,7 +78,7 @@ def start_tensorflow(verbose: bool):
 
 
 def command(function):
-    """Start TensorFlow per --verbose; turn user errors into one line and exit code 2."""
+    """TensorFlow quiet unless --verbose; user errors as one line and exit code 2."""
 
     @functools.wraps(function)
     def wrapper(*args, verbose=False, **kwargs):

@@ -102,11 +102,14 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
     """
     out_dir = Path(out_dir)
     _check_options(samples, steps, batch_size, tile, method)
-    from cvdm_tf.runs import load_run
+    from cvdm_tf.runs import load_run, model_config
+
+    # Before TensorFlow loads (seconds): a typo in a path fails at once.
+    if not Path(input_path).exists():
+        raise InputError(f"{os.fspath(input_path)}: no such file or folder")
+    model_config(run_dir)
     from cvdm_tf.sampler import sampler_for
 
-    if not Path(input_path).exists():  # before loading the model: a typo fails fast
-        raise InputError(f"{os.fspath(input_path)}: no such file or folder")
     config, task, model = load_run(run_dir)
     if data is not None and data != config.data:
         from cvdm_tf.tasks import make_task

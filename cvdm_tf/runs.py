@@ -35,13 +35,13 @@ import re
 import shutil
 from pathlib import Path
 
-import tensorflow as tf
-
 from cvdm_tf import builtin, io
 from cvdm_tf.config import Config, load_config
 from cvdm_tf.errors import InputError
-from cvdm_tf.model import build_model, make_optimizer
 from cvdm_tf.tasks import make_task
+
+# TensorFlow and the model are imported where a checkpoint is touched: reading a run's config (`model_config`)
+# is what a command checks its --model with before anything slow happens.
 
 # What `--resume` may change: how long to train and how often to save (the model and data are the run's own).
 RESUMABLE = ("steps", "checkpoint_every")
@@ -63,6 +63,8 @@ def resolve_config(config: Config) -> Config:
 def load_run(run_dir, use_ema: bool = True):
     """(config, task, model) of a run folder, restored from its last checkpoint, EMA weights swapped in; or of a
     built-in model (`builtin:NAME`, its shipped EMA weights)."""
+    import tensorflow as tf
+
     if builtin.is_builtin(run_dir):
         return builtin.load(run_dir)
     run_dir = Path(run_dir)
@@ -83,6 +85,10 @@ def load_run(run_dir, use_ema: bool = True):
 
 
 def build_for_checkpoint(config: Config):
+    import tensorflow as tf
+
+    from cvdm_tf.model import build_model, make_optimizer
+
     model = build_model(config)
     optimizer = make_optimizer(config.train)
     model.compile(optimizer=optimizer)
@@ -117,6 +123,8 @@ def run_config(run_dir) -> Config:
 
 def latest_checkpoint(folder: Path):
     """The prefix the `checkpoint` index names (None before the first save); an InputError if its files are gone."""
+    import tensorflow as tf
+
     state = tf.train.get_checkpoint_state(str(folder))
     if state is None or not state.model_checkpoint_path:
         return None
@@ -147,6 +155,7 @@ def discard_after(run_dir: Path, step: int):
 
 def _truncate_events(path: Path, step: int):
     """Rewrite a TensorBoard event file without the summaries after `step` (and a record cut short by a kill)."""
+    import tensorflow as tf
     from tensorflow.core.util import event_pb2
 
     kept, dropped = [], False

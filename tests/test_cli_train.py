@@ -193,3 +193,34 @@ def test_bad_input_in_a_real_process_is_one_line_and_exit_code_2(tmp_path):
     assert proc.stderr.startswith(f"error: {config}: not valid TOML (")
     assert proc.stderr.count("\n") == 1
     assert not out.exists()
+
+
+def test_a_typo_in_a_path_is_answered_before_tensorflow_loads(tmp_path):
+    """`infer` with a missing input or no run folder: one line, exit code 2, and TensorFlow never imported (its
+    import is what takes seconds)."""
+    code = ("import sys\nfrom cvdm_tf.cli.main import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit as end:\n    print(end.code, 'tensorflow' in sys.modules)")
+    for args in (["--model", "builtin:qpi", "--input", str(tmp_path / "missing.tif")],
+                 ["--model", str(tmp_path / "no-run"), "--input", str(tmp_path)]):
+        proc = subprocess.run([sys.executable, "-c", code, "infer", *args, "--out", str(tmp_path / "out")],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.stdout.split() == ["2", "False"], proc.stderr
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+        assert not (tmp_path / "out").exists()
+
+
+def test_tensorflow_starts_quietly_when_a_command_first_needs_it_and_speaks_with_verbose(tmp_path):
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "img.png", (np.arange(32 * 32).reshape(32, 32) % 251).astype(np.uint8))
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    stderr = {}
+    for flag in ("", "--verbose"):
+        proc = subprocess.run([sys.executable, "-m", "cvdm_tf.cli.main", "simulate", "--input",
+                               str(tmp_path / "img.png"), "--out", str(tmp_path / f"sim{flag}"), *filter(None, [flag])],
+                              capture_output=True, text=True, env={**env, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("wrote 1 simulated measurement(s)")
+        stderr[flag] = proc.stderr
+    assert stderr[""] == ""
+    assert stderr["--verbose"] != ""  # TensorFlow's own start-up lines (oneDNN, CUDA probes)
