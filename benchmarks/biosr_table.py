@@ -57,8 +57,9 @@ def held_out_cases(task, per_structure, size, photons, seed):
 def label(config):
     if config.model.kind == "regression":
         return "regression U-Net (L1)"
-    return {"learned": "CVDM", "learned-global": "CVDM-simple", "linear": "CDDPM",
+    name = {"learned": "CVDM", "learned-global": "CVDM-simple", "linear": "CDDPM",
             "cosine": "CDDPM (cosine)"}[config.model.schedule]
+    return name + (" around a mean network" if config.model.mean == "network" else "")
 
 
 def main(argv=None):
@@ -93,6 +94,8 @@ def main(argv=None):
         seconds = {}
         for (run_config, _, model), path in zip(runs, args.model):
             name = label(run_config)
+            if name in seconds:  # two runs of one kind: each its own row
+                name = f"{name} ({path})"
             sampler = sampler_for(model, run_config.sampler)
             began = time.process_time()
             for case in cases:

@@ -62,7 +62,7 @@ def label(config) -> str:
         return f"regression U-Net (L1, {config.model.denoiser})"
     kind = {"learned": "CVDM", "learned-global": "CVDM-simple", "linear": "CDDPM (linear)",
             "cosine": "CDDPM (cosine)"}[config.model.schedule]
-    return f"{kind}, {config.model.denoiser}"
+    return f"{kind}, {config.model.denoiser}" + (", around a mean network" if config.model.mean == "network" else "")
 
 
 def main(argv=None):
@@ -82,8 +82,10 @@ def main(argv=None):
     config, task, _ = runs[0]
     cases = task.eval_cases(args.data, "none", 0) if args.data else held_out_cases(task, args.size, args.per_side)
     rows, seconds = {}, {}
-    for run_config, _, model in runs:
+    for (run_config, _, model), path in zip(runs, args.model):
         name = label(run_config)
+        if name in seconds:  # two runs of one kind: each its own row
+            name = f"{name} ({path})"
         sampler = sampler_for(model, run_config.sampler)
         began = time.process_time()
         for case in cases:
