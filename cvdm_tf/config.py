@@ -67,6 +67,8 @@ class ModelConfig:
     # from a network trained to predict E[x | y] ("network": the reference's zero-mean diffusion) or from the last
     # condition channel ("condition": e.g. the classical TIE estimate, so that doing nothing is already TIE).
     mean: str = "none"
+    # The mean network's loss: "l2" (it estimates E[x | y]) or "l1" (the median, as the regression baseline).
+    mean_loss: str = "l2"
     residual_scale: float = 1.0
     # The diffusion's target lies in [-x_range, x_range] (offset-free QPI phase: about [-2, 2]; a residual times
     # residual_scale: wider); the sampler clips its x_hat estimate there. 0 disables the clip.
@@ -85,6 +87,7 @@ class ModelConfig:
         check_choice("model.denoiser", self.denoiser, DENOISERS)
         check_choice("model.norm", self.norm, NORMS)
         check_choice("model.mean", self.mean, MEANS)
+        check_choice("model.mean_loss", self.mean_loss, ("l2", "l1"))
         for name in ("condition_channels", "target_channels", "base_filters", "depth", "kernel_size",
                      "blocks_per_level", "tau_base_filters", "tau_depth", "time_units"):
             check_positive(f"model.{name}", getattr(self, name))

@@ -128,7 +128,8 @@ class CVDM(keras.Model):
             "smoothness": losses.smoothness_loss(d2gamma),
         }
         if self.mean_net is not None:
-            terms["mean"] = tf.reduce_mean(tf.square(x - mean))
+            error = x - mean
+            terms["mean"] = tf.reduce_mean(tf.abs(error) if self.model_config.mean_loss == "l1" else tf.square(error))
         return terms
 
     def draw_noise(self, x0, seeds=None):

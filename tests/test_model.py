@@ -67,6 +67,15 @@ def test_zero_mean_diffusion_trains_its_mean_network():
     assert out["mean"].shape == (1, 16, 16, 1)
 
 
+@pytest.mark.parametrize("mean_loss, error", [("l2", np.square), ("l1", np.abs)])
+def test_the_mean_networks_loss_is_its_l2_or_l1_error(mean_loss, error):
+    config = tiny_config(mean="network", mean_loss=mean_loss)
+    model = build_model(config)
+    y, x = fixed_batch()
+    expected = error(np.asarray(x) - model.mean_net(y).numpy()).mean()
+    np.testing.assert_allclose(float(model.loss_terms(y, x)["mean"]), expected, rtol=1e-5)
+
+
 def test_condition_mean_diffusion_models_the_residual_around_the_last_channel():
     config = tiny_config(mean="condition", residual_scale=4.0)
     model = build_model(config)
