@@ -98,10 +98,6 @@ class Model:
         """
         from cvdm_tf.inference import reconstruct
 
-        unknown = sorted(set(physics) - set(self.task.physics_keys))
-        if unknown:
-            known = ", ".join(self.task.physics_keys) or "none"
-            raise InputError(f"{', '.join(unknown)}: not a physical parameter of task {self.task.name} ({known})")
         task, raw = read_array(self.task, measurement, z_step_um=z_step_um, plane=plane, message=message,
                                name="measurement", physics=physics)
         result = reconstruct(self.network, task, raw, samples=samples or self.config.sampler.samples,
@@ -164,8 +160,7 @@ def read_array(task, data, z_step_um: float | None = None, plane: int = 0, messa
         rename = lambda text: str(text).replace(str(path), name)  # noqa: E731
         try:
             task, images = task.read_file(path, message=message and (lambda text: message(rename(text))),
-                                          physics={key: value for key, value in (physics or {}).items()
-                                                   if key in task.physics_keys}, **options)
+                                          physics=physics, **options)
         except InputError as err:
             raise InputError(rename(err)) from None
     try:

@@ -235,8 +235,10 @@ class ReconstructWidget(Container):
         self._check_cancel()
         config, task, model, sampler = self._load(job.model)
         self._check_cancel()
+        # The physics fields are QPI's: a model of another task ignores them (and the layer's scale).
+        physics = {key: value for key, value in job.physics.items() if key in task.physics_keys}
         task, raw = read_array(task, job.data, job.z_step_um, job.plane, message=self._relay.message.emit,
-                               name=job.name, physics=job.physics)
+                               name=job.name, physics=physics)
         steps = job.steps or config.sampler.steps
         height, width = raw.shape[0] * task.scale, raw.shape[1] * task.scale
         state = {"tiles": 0, "total": _tile_count(height, width, job.tile), "batch": 0}

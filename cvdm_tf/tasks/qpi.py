@@ -252,10 +252,11 @@ class QPITask(Task):
         if problem:
             raise InputError(problem)
 
-    def with_physics(self, wavelength_um=None, pixel_size_um=None, defocus_um=None) -> "QPITask":
+    def with_physics(self, wavelength_um=None, pixel_size_um=None, defocus_um=None, **other) -> "QPITask":
         """This task for a measurement made with other physics, in um (None keeps the current value): its TIE
         channel, refinement and output pixel size follow. Not checked against the training range
-        (`check_physics`)."""
+        (`check_physics`); a keyword that is no physical parameter of QPI is refused (`Task.with_physics`)."""
+        super().with_physics(**other)
         given = {key: value for key, value in (("wavelength_um", wavelength_um), ("pixel_size_um", pixel_size_um),
                                                ("defocus_um", defocus_um)) if value is not None}
         if not given:
