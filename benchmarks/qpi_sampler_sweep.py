@@ -22,7 +22,7 @@ import tensorflow as tf  # noqa: E402
 from qpi_vs_tie import SECOND_MICROSCOPE, scores, test_images  # noqa: E402  (benchmarks/ is sys.path[0])
 
 from cvdm_tf.runs import load_run  # noqa: E402
-from cvdm_tf.sampler import Sampler  # noqa: E402
+from cvdm_tf.sampler import sampler_for  # noqa: E402
 from cvdm_tf.tasks import make_task  # noqa: E402
 
 SETTINGS = (("ddpm", 10, 16), ("ddpm", 10, 32), ("ddpm", 2, 16), ("ddpm", 5, 16), ("ddpm", 20, 16), ("ddim", 10, 16))
@@ -37,8 +37,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=128)
     args = parser.parse_args(argv)
     config, task, model = load_run(args.model)
-    sampler = Sampler(model, discretisation=config.sampler.discretisation, grid=config.sampler.grid,
-                      precision=config.sampler.precision)
+    sampler = sampler_for(model, config.sampler)
     frames = make_task(task.name, dataclasses.replace(config.data, camera_crop=args.size, boundary="camera"))
     print("| microscope | sampler | T | K | no step | " + " | ".join(f"step x{w:g}" for w in WEIGHTS) + " |")
     print("|---" * (5 + len(WEIGHTS)) + "|")
@@ -50,14 +49,14 @@ def main(argv=None):
         measured = tf.constant(np.stack([case.measurement for case in cases]))
         truths = [case.truth for case in cases]
         y = scope.normalize_condition(measured)
+        stepped = [make_task(task.name, dataclasses.replace(scope.data, data_consistency=1, consistency_weight=w))
+                   for w in WEIGHTS]
         for method, steps, samples in SETTINGS:
             out = sampler(y, steps=steps, samples=samples, seed=args.seed, method=method)
             drawn = scope.denormalize_target(out["samples"]).numpy()
             row = [scores(drawn.mean(axis=1)[..., 0], truths)["mae"]]
-            for weight in WEIGHTS:
-                stepped = make_task(task.name, dataclasses.replace(scope.data, data_consistency=1,
-                                                                   consistency_weight=weight))
-                row.append(scores(np.asarray(stepped.refine(drawn, measured)).mean(axis=1)[..., 0], truths)["mae"])
+            for step in stepped:
+                row.append(scores(np.asarray(step.refine(drawn, measured)).mean(axis=1)[..., 0], truths)["mae"])
             print(f"| {name} | {method} | {steps} | {samples} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
     return 0
 
