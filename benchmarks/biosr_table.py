@@ -59,7 +59,7 @@ def label(config):
         return "regression U-Net (L1)"
     name = {"learned": "CVDM", "learned-global": "CVDM-simple", "linear": "CDDPM",
             "cosine": "CDDPM (cosine)"}[config.model.schedule]
-    return name + (" around a mean network" if config.model.mean == "network" else "")
+    return name + (" around a mean network" if config.model.mean.endswith("network") else "")
 
 
 def main(argv=None):

@@ -62,7 +62,7 @@ def label(config) -> str:
         return f"regression U-Net (L1, {config.model.denoiser})"
     kind = {"learned": "CVDM", "learned-global": "CVDM-simple", "linear": "CDDPM (linear)",
             "cosine": "CDDPM (cosine)"}[config.model.schedule]
-    return f"{kind}, {config.model.denoiser}" + (", around a mean network" if config.model.mean == "network" else "")
+    return f"{kind}, {config.model.denoiser}" + (", around a mean network" if config.model.mean.endswith("network") else "")
 
 
 def main(argv=None):

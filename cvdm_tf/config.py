@@ -31,7 +31,7 @@ else:  # pragma: no cover
 SCHEDULES = ("learned", "learned-global", "linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
 NORMS = ("none", "instance", "group")
-MEANS = ("none", "network", "condition")
+MEANS = ("none", "network", "condition", "condition+network")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DENOISERS = ("unet", "sr3")
 
@@ -65,7 +65,9 @@ class ModelConfig:
     cosine_offset: float = 0.008
     # What the diffusion models: x itself ("none"), or the residual (x - mean) * residual_scale around a mean
     # from a network trained to predict E[x | y] ("network": the reference's zero-mean diffusion) or from the last
-    # condition channel ("condition": e.g. the classical TIE estimate, so that doing nothing is already TIE).
+    # condition channel ("condition": e.g. the classical TIE estimate, so that doing nothing is already TIE), or
+    # that estimate corrected by a mean network ("condition+network": the regression baseline's form, CorrDiff's
+    # regression + residual diffusion; the network learns the correction, not the identity).
     mean: str = "none"
     # The mean network's loss: "l2" (it estimates E[x | y]) or "l1" (the median, as the regression baseline).
     mean_loss: str = "l2"

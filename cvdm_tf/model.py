@@ -63,7 +63,7 @@ class CVDM(keras.Model):
             self.denoiser = backbone(c, 2 * c.target_channels + c.condition_channels, c.target_channels,
                                      noise_channels=c.target_channels, name="denoiser")
             self.mean_net = None
-            if c.mean == "network":
+            if c.mean in ("network", "condition+network"):
                 self.mean_net = backbone(c, c.condition_channels, c.target_channels, name="mean_net")
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
 
@@ -80,12 +80,15 @@ class CVDM(keras.Model):
         return tf.cast(self.denoiser(tf.concat([z_t, y, gamma], axis=-1)), tf.float32)
 
     def prior_mean(self, y):
-        """The mean the diffusion works around: E[x|y] from the mean network, the last condition channel, or None."""
-        if self.mean_net is not None:
-            return tf.cast(self.mean_net(y), tf.float32)
-        if self.model_config.mean == "condition":
-            return tf.convert_to_tensor(y)[..., -self.model_config.target_channels:]
-        return None
+        """The mean the diffusion works around: E[x|y] from the mean network, the last condition channel (the
+        condition's estimate), the two added ("condition+network"), or None."""
+        c = self.model_config
+        y = tf.convert_to_tensor(y)
+        estimate = y[..., -c.target_channels:] if c.mean.startswith("condition") else None
+        if self.mean_net is None:
+            return estimate
+        correction = tf.cast(self.mean_net(y), tf.float32)
+        return correction if estimate is None else estimate + correction
 
     def residual_target(self, x, y):
         """What the diffusion models: (x - mean) * residual_scale around `prior_mean`, or x itself."""

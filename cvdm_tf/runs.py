@@ -50,9 +50,9 @@ RESUMABLE = ("steps", "checkpoint_every")
 def resolve_config(config: Config) -> Config:
     """Fill in what the task decides (channel counts), so the saved config rebuilds the same model."""
     task = make_task(config.task, config.data)
-    if config.model.mean == "condition" and not task.condition_has_estimate:
-        raise InputError(f"model.mean = \"condition\" needs a condition that holds an estimate of the target; the "
-                         f"{config.task} condition holds none as configured ({task.estimate_option})")
+    if config.model.mean.startswith("condition") and not task.condition_has_estimate:
+        raise InputError(f"model.mean = \"{config.model.mean}\" needs a condition that holds an estimate of the "
+                         f"target; the {config.task} condition holds none as configured ({task.estimate_option})")
     return config.replace(model={"condition_channels": task.condition_channels,
                                  "target_channels": task.target_channels})
 

@@ -85,6 +85,22 @@ def test_condition_mean_diffusion_models_the_residual_around_the_last_channel():
     np.testing.assert_allclose(residual.numpy(), (x - y[..., -1:]) * 4.0, rtol=1e-6)
 
 
+def test_condition_plus_network_mean_is_the_estimate_corrected_by_the_network():
+    """The mean network learns the correction to the condition's estimate (as the regression baseline does), and
+    its loss is the error of the corrected estimate."""
+    config = tiny_config(mean="condition+network")
+    model = build_model(config)
+    y, x = fixed_batch()
+    rng = np.random.default_rng(1)
+    for weight in model.mean_net.weights:  # its output layer starts at zero: make the correction non-zero
+        weight.assign(0.1 * rng.normal(size=weight.shape).astype("float32"))
+    correction = model.mean_net(y).numpy()
+    assert np.abs(correction).max() > 1e-2
+    np.testing.assert_allclose(model.prior_mean(y).numpy(), y[..., -1:] + correction, rtol=1e-5, atol=1e-6)
+    expected = np.square(x - y[..., -1:] - correction).mean()
+    np.testing.assert_allclose(float(model.loss_terms(y, x)["mean"]), expected, rtol=1e-5)
+
+
 def test_gradients_stay_finite_when_gamma_underflows():
     """tau * rho(1) far above 87 makes gamma(1) exactly 0 in float32: no gradient may become NaN."""
     config = tiny_config(schedule="learned-global")
