@@ -62,7 +62,8 @@ def label(config) -> str:
         return f"regression U-Net (L1, {config.model.denoiser})"
     kind = {"learned": "CVDM", "learned-global": "CVDM-simple", "linear": "CDDPM (linear)",
             "cosine": "CDDPM (cosine)"}[config.model.schedule]
-    return f"{kind}, {config.model.denoiser}" + (", around a mean network" if config.model.mean.endswith("network") else "")
+    around = ", around a mean network" if config.model.mean.endswith("network") else ""
+    return f"{kind}, {config.model.denoiser}{around}"
 
 
 def main(argv=None):

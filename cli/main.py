@@ -370,12 +370,28 @@ def models(name):
 
 @main.command()
 @click.option("--model", "run_dir", required=True, type=click.Path(), help=MODEL_HELP)
-@click.option("--out", required=True, type=click.Path(), help="SavedModel folder to create (absent or empty).")
+@click.option("--out", required=True, type=click.Path(),
+              help="SavedModel folder to create (absent or empty); with --format bioimageio, the NAME.zip to write.")
+@click.option("--format", "format_", type=click.Choice(["savedmodel", "bioimageio"]), default="savedmodel",
+              show_default=True,
+              help="savedmodel: the measurement's physics as inputs; bioimageio: a BioImage Model Zoo package "
+                   "(spec 0.5) for deepImageJ, ilastik, napari and bioimageio.core, the run's physics fixed "
+                   "(needs pip install 'cvdm-tf[bioimageio]').")
 @click.option("--steps", type=int, help="Sampling steps T of serving_default (default: the run's sampler.steps).")
 @click.option("--samples", type=int, help="Samples K of serving_default (default: the run's sampler.samples).")
+@click.option("--test-input", type=click.Path(exists=True, dir_okay=False),
+              help="bioimageio: the measurement of the package's test tensors (default for builtin: models: their "
+                   "first held-out measurement).")
 @command
-def export(run_dir, out, steps, samples):
-    """Export a run as a SavedModel: raw measurement in, physical units out, the whole sampler inside."""
+def export(run_dir, out, format_, steps, samples, test_input):
+    """Export a run as a SavedModel (raw measurement in, physical units out, the whole sampler inside) or as a
+    bioimage.io model package."""
+    if format_ == "bioimageio":
+        from cvdm_tf.bioimageio import export_package
+
+        export_package(run_dir, out, steps=steps, samples=samples, test_input=test_input)
+        click.echo(f"wrote the bioimage.io package {out} (test it: bioimageio test {out})")
+        return
     from cvdm_tf.export import export_run
 
     export_run(run_dir, out, steps=steps, samples=samples)

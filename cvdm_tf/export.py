@@ -52,22 +52,28 @@ class ExportedSampler(tf.Module):
         method: str. "ddpm" (ancestral) or "ddim" (deterministic), for both signatures.
         seed: int. Seed of `serving_default`'s noise.
         sampler_config: SamplerConfig or None. The run's discretisation and time grid (default: exact, uniform).
+        physics_inputs: bool. The measurement's physics as inputs after the condition (`task.physics_keys`); False:
+            the task's own physics, fixed (bioimage.io packages: one input).
+        stacked: bool. `serving_default` returns one tensor, "reconstruction" [batch, H, W, 3 C_out]: mean, std and
+            schedule as channels (bioimage.io packages: its TensorFlow runner reads a dict of outputs by position,
+            and a restored SavedModel's dict order changes from process to process).
     """
 
     def __init__(self, model, task, steps: int, samples: int, method: str = "ddpm", seed: int = 0,
-                 sampler_config=None, name: str = "cvdm"):
+                 sampler_config=None, name: str = "cvdm", physics_inputs: bool = True, stacked: bool = False):
         super().__init__(name=name)
         if method not in ("ddpm", "ddim"):
             raise ValueError(f"unknown sampler {method!r} (ddpm or ddim)")
         self.sampler = sampler_for(model, sampler_config)
         self._task = task  # plain Python: only its TensorFlow functions are traced, nothing of it is saved
         self.steps, self.samples, self.seed, self.method = int(steps), int(samples), int(seed), method
+        self.stacked = stacked
         # The raw measurement, before normalize_condition (which may add channels, e.g. QPI's TIE estimate).
         channels = task.measurement_channels
         condition = tf.TensorSpec([None, None, None, channels], tf.float32, name="condition")
         scalar = lambda name, dtype=tf.int32: tf.TensorSpec([], dtype, name=name)  # noqa: E731
         # The measurement's physics (QPI: wavelength_um, pixel_size_um, defocus_um), one value per call.
-        physics = [scalar(key, tf.float32) for key in task.physics_keys]
+        physics = [scalar(key, tf.float32) for key in task.physics_keys] if physics_inputs else []
         self.serve = tf.function(self._serve, input_signature=[condition, *physics])
         self.sample = tf.function(
             self._sample, input_signature=[condition, scalar("steps"), scalar("samples"), scalar("seed"), *physics]
@@ -97,6 +103,8 @@ class ExportedSampler(tf.Module):
     def _serve(self, condition, *physics):
         out = self._sample(condition, tf.constant(self.steps), tf.constant(self.samples), tf.constant(self.seed),
                            *physics)
+        if self.stacked:
+            return {"reconstruction": tf.concat([out["mean"], out["std"], out["schedule"]], axis=-1)}
         return {name: out[name] for name in ("mean", "std", "schedule")}
 
 

@@ -36,7 +36,7 @@ from typing import Callable
 
 import numpy as np
 
-from cvdm_tf import io
+from cvdm_tf import __version__, io
 from cvdm_tf.data import sources
 from cvdm_tf.errors import InputError
 from cvdm_tf.previews import preview_image
@@ -127,6 +127,8 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
     progress = progress or InferProgress(len(files))
     progress.message(f"K = {samples} samples of T = {steps} {method} steps per image")
     report = InferReport(out_dir=out_dir, files=len(files))
+    made_by = (f"cvdm-tf {__version__} infer: model {os.fspath(run_dir)}, K = {samples} samples of T = {steps} "
+               f"{method} steps, seed {seed}")
     used: set[str] = set()
     try:
         for index, (path, base) in enumerate(files):
@@ -141,7 +143,8 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
                 continue
             for name, raw, result in results:
                 try:
-                    report.written[name] = file_task.write_outputs(out_dir, name, raw, result, source=path)
+                    report.written[name] = file_task.write_outputs(out_dir, name, raw, result, source=path,
+                                                                   made_by=made_by)
                 except OSError as err:
                     message = f"{path}: cannot write the outputs of {name} to {out_dir} ({err.strerror or err})"
                     report.failed.append(message)
@@ -179,11 +182,15 @@ def _reconstruct_file(path, base, used, model, task, sampler, samples, steps, me
 
 
 def write_outputs(out_dir: Path, name: str, raw: np.ndarray, result: dict, unit: str = "",
-                  pixel_size_um: float | None = None) -> list[Path]:
-    """NAME_mean.tif, NAME_std.tif, NAME_schedule.tif and NAME_preview.png, each written atomically."""
+                  pixel_size_um: float | None = None, description: str = "") -> list[Path]:
+    """NAME_mean.tif, NAME_std.tif, NAME_schedule.tif (OME-TIFF: pixel size, channel name with the unit,
+    `description`) and NAME_preview.png, each written atomically."""
     paths = []
+    channel = {"mean": f"mean ({unit})" if unit else "mean", "std": f"std ({unit})" if unit else "std",
+               "schedule": "schedule (tau rho(1), dimensionless)"}
     for key in ("mean", "std", "schedule"):
-        paths.append(io.write_tiff(out_dir / f"{name}_{key}.tif", result[key], pixel_size_um=pixel_size_um))
+        paths.append(io.write_tiff(out_dir / f"{name}_{key}.tif", result[key], pixel_size_um=pixel_size_um,
+                                   channels=[channel[key]], description=description))
     preview = preview_image(raw, result["mean"], result["std"], result["schedule"], unit=unit)
     paths.append(io.write_png(out_dir / f"{name}_preview.png", preview))
     return paths

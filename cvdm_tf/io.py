@@ -58,24 +58,30 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_tiff(path: str | os.PathLike, array: np.ndarray, pixel_size_um: float | None = None) -> Path:
-    """Write an image as a ``float32`` TIFF, atomically, with its physical pixel size when known.
+def write_tiff(path: str | os.PathLike, array: np.ndarray, pixel_size_um: float | None = None,
+               channels: list[str] | None = None, description: str = "") -> Path:
+    """Write an image as a ``float32`` OME-TIFF, atomically, with its physical pixel size when known.
 
-    ``[H, W]`` and ``[H, W, 1]`` are written as one grey plane in ImageJ's format (Fiji reads the pixel size in
-    micrometres from it; tifffile and napari read the resolution tags); ``[H, W, C]`` as one page with ``C``
-    interleaved samples (read back as ``H x W x C`` by tifffile and by :func:`cvdm_tf.data.sources.read_image`),
-    its pixel size in the standard TIFF resolution tags (pixels per centimetre).
+    The OME-XML (tifffile's writer) states ``PhysicalSizeX`` / ``PhysicalSizeY`` in micrometres, the channel
+    names and ``description`` (e.g. the model and command that made the image): Fiji (Bio-Formats), napari and
+    bioio read the scale from it. The same pixel size goes into the standard TIFF resolution tags (pixels per
+    centimetre) for readers that ignore OME. ``[H, W]`` and ``[H, W, 1]`` are one grey plane (axes YX);
+    ``[H, W, C]`` one page with ``C`` interleaved samples (axes YXS, read back as ``H x W x C`` by tifffile and
+    by :func:`cvdm_tf.data.sources.read_image`).
 
     Args:
         path: str or path-like. Target file; parent folders are created.
         array: array-like. ``[H, W]`` or ``[H, W, C]``, converted to ``float32``.
         pixel_size_um: float or None. The pixel size in micrometres, written as metadata.
+        channels: list of str or None. A name per channel (e.g. ``["phase (rad)"]``; the samples of ``[H, W, C]``
+            share one OME channel, named ``"name 1 / name 2 / ..."``).
+        description: str. The OME image description.
 
     Returns:
         Path: ``path``.
 
     Raises:
-        ValueError: ``array`` is not 2-D or 3-D.
+        ValueError: ``array`` is not 2-D or 3-D, or ``channels`` does not name every channel.
     """
     import tifffile
 
@@ -84,13 +90,22 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray, pixel_size_um: float 
         data = data[..., 0]
     if data.ndim not in (2, 3):
         raise ValueError(f"write_tiff expects [H, W] or [H, W, C], got shape {data.shape}")
-    options = {"photometric": "minisblack"}
+    count = data.shape[-1] if data.ndim == 3 else 1
+    if channels is not None and len(channels) != count:
+        raise ValueError(f"write_tiff: {len(channels)} channel name(s) for {count} channel(s)")
+    metadata = {"axes": "YXS" if data.ndim == 3 else "YX"}
+    options = {"photometric": "minisblack", "ome": True, "metadata": metadata}
     if data.ndim == 3:
         options["planarconfig"] = "contig"
-        if pixel_size_um:
-            options.update(resolution=(1e4 / pixel_size_um,) * 2, resolutionunit="CENTIMETER")
-    elif pixel_size_um:
-        options.update(imagej=True, resolution=(1.0 / pixel_size_um,) * 2, metadata={"unit": "um"})
+    if pixel_size_um:
+        metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="\u00b5m", PhysicalSizeY=pixel_size_um,
+                        PhysicalSizeYUnit="\u00b5m")
+        options.update(resolution=(1e4 / pixel_size_um,) * 2, resolutionunit="CENTIMETER")
+    if channels:
+        # Interleaved samples are one OME channel (SamplesPerPixel = C): it carries their names joined.
+        metadata["Channel"] = {"Name": [" / ".join(channels)]}
+    if description:
+        metadata["Description"] = description
     with atomic_write(path) as tmp:
         tifffile.imwrite(tmp, data, **options)
     return Path(path)

@@ -436,6 +436,12 @@ def test_infer_takes_the_physics_from_flags_or_the_files_metadata_and_refuses_it
     assert result.exit_code == 0, result.stderr
     assert "pixel size 0.16 um, from its metadata" in result.stderr
     assert io.tiff_pixel_size_um(tmp_path / "meta" / "pair_mean.tif") == pytest.approx(0.16)
+    with tifffile.TiffFile(tmp_path / "meta" / "pair_mean.tif") as tif:  # OME, read by tifffile's parser
+        image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+    assert image["Pixels"]["PhysicalSizeX"] == pytest.approx(0.16)
+    assert image["Pixels"]["PhysicalSizeXUnit"] == "\u00b5m" and image["Pixels"]["Channel"]["Name"] == "mean (rad)"
+    assert f"model {tiny_run}, K = 2 samples of T = 3" in image["Description"]
+    assert "wavelength 0.6 um, pixel size 0.16 um, defocus 2 um" in image["Description"]
     expected = reconstruct(model, other, raw, samples=2, steps=3, method=config.sampler.method, seed=5,
                            sampler=sampler_for(model, config.sampler))
     np.testing.assert_allclose(_read(tmp_path / "meta" / "pair_mean.tif"), expected["mean"], atol=1e-5)

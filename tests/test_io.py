@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 from cvdm_tf.data.sources import read_image
-from cvdm_tf.io import atomic_write, write_json, write_png, write_text, write_tiff
+from cvdm_tf.io import atomic_write, tiff_pixel_size_um, write_json, write_png, write_text, write_tiff
 
 
 def _listing(folder: Path) -> list[str]:
@@ -93,6 +93,28 @@ def test_write_tiff_round_trip(tmp_path, rng, shape):
     expected = expected if expected.ndim == 3 else expected[..., None]
     np.testing.assert_array_equal(read_image(path), expected)
     assert _listing(path.parent) == ["x.tif"]
+
+
+@pytest.mark.parametrize("shape", [(12, 16), (12, 16, 2)])
+def test_write_tiff_states_the_pixel_size_channels_and_description_in_ome(tmp_path, rng, shape):
+    """Read back with tifffile's own OME parser (not ours), and through the resolution tags."""
+    from cvdm_tf.data.stacks import pixel_size_um
+
+    names = ["a (rad)", "b (rad)"][:shape[-1] if len(shape) == 3 else 1]
+    path = write_tiff(tmp_path / "x.tif", rng.random(shape), pixel_size_um=0.105, channels=names,
+                      description="made by a test")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome
+        image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+    pixels = image["Pixels"]
+    assert pixels["PhysicalSizeX"] == pytest.approx(0.105) and pixels["PhysicalSizeY"] == pytest.approx(0.105)
+    assert pixels["PhysicalSizeXUnit"] == "\u00b5m"
+    assert pixels["Channel"]["Name"] == " / ".join(names)
+    assert image["Description"] == "made by a test"
+    assert pixel_size_um(path) == pytest.approx(0.105)
+    assert tiff_pixel_size_um(path) == pytest.approx(0.105)
+    with pytest.raises(ValueError, match="channel name"):
+        write_tiff(tmp_path / "y.tif", rng.random(shape), channels=names + ["extra"])
 
 
 def test_write_tiff_failure_keeps_previous_file(tmp_path, rng):

@@ -64,6 +64,33 @@ def test_biosr_point_mass_comes_back_in_the_widefield_units(tmp_path):
     np.testing.assert_allclose(tifffile.imread(tmp_path / "out" / "wide_std.tif"), 0.0, atol=1e-3)
 
 
+@pytest.mark.parametrize("stated, expected", [(None, 0.0313), (0.0626, 0.0313), (0.064, 0.032), (0.1, None)])
+def test_biosr_outputs_state_half_the_widefield_pixel_size_in_ome(tmp_path, stated, expected):
+    """NAME_mean.tif's OME PhysicalSizeX (read by tifffile's OME parser) is half the input's stated widefield
+    pixel size; without one, the model's SIM grid; one 5% or more off the model's is refused, naming the file."""
+    from cvdm_tf.errors import InputError
+    from cvdm_tf.tasks.biosr import BioSRTask, DataConfig
+
+    counts = np.random.default_rng(1).integers(40, 3001, (12, 10)).astype(np.uint16)
+    path = tmp_path / "wide.tif"
+    metadata = {} if stated is None else {"metadata": {"axes": "YX", "PhysicalSizeX": stated, "PhysicalSizeY": stated,
+                                                       "PhysicalSizeXUnit": "\u00b5m"}, "ome": True}
+    tifffile.imwrite(path, counts, **metadata)
+    task = BioSRTask(DataConfig())
+    if expected is None:
+        with pytest.raises(InputError, match=r"wide.tif: widefield pixel size 0.1 um .* trained on 0.0626 um"):
+            task.read_file(path)
+        return
+    file_task, [raw] = task.read_file(path)
+    result = reconstruct(point_mass_model(0.5, 1), file_task, raw, samples=2, steps=2, method="ddpm")
+    file_task.write_outputs(tmp_path / "out", "wide", raw, result, source=path, made_by="a test")
+    with tifffile.TiffFile(tmp_path / "out" / "wide_mean.tif") as tif:
+        image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+    assert image["Pixels"]["PhysicalSizeX"] == pytest.approx(expected)
+    assert image["Pixels"]["PhysicalSizeXUnit"] == "\u00b5m"
+    assert image["Description"] == "a test"
+
+
 def test_biosr_zero_residual_around_the_condition_is_the_bicubic_widefield_in_its_units():
     """BioSR diffuses the residual around its condition (the normalised widefield, upsampled): a model whose
     residual is 0 returns the widefield itself on the 2x grid, in its own units. Against Pillow's bicubic 2x

@@ -88,6 +88,10 @@ class Task:
     scale = 1
     #: Unit of the target in physical units (TIFF metadata, preview labels).
     target_unit = ""
+    #: What the target is called (channel names of exported packages).
+    target_name = "image"
+    #: bioimage.io tags of the task's exported packages.
+    package_tags: tuple = ()
     #: Outputs known only up to a per-tile constant (QPI's phase), reconciled across tiles by inference.
     offset_free_outputs: tuple = ()
     #: Noise models `eval` and `simulate` accept.
@@ -114,6 +118,17 @@ class Task:
     @property
     def target_channels(self) -> int:
         return 1
+
+    @property
+    def measurement_names(self) -> list[str]:
+        """A name per measurement channel (the channel axis of exported packages)."""
+        return [f"channel{i}" for i in range(self.measurement_channels)]
+
+    @property
+    def target_names(self) -> list[str]:
+        """A name per target channel."""
+        channels = self.target_channels
+        return [self.target_name] if channels == 1 else [f"{self.target_name}{i}" for i in range(channels)]
 
     @property
     def condition_has_estimate(self) -> bool:
@@ -202,14 +217,21 @@ class Task:
 
         return sources.read_stack(path)
 
-    def write_outputs(self, out_dir, name: str, raw: np.ndarray, result: dict, source=None) -> list:
+    def write_outputs(self, out_dir, name: str, raw: np.ndarray, result: dict, source=None,
+                      made_by: str = "") -> list:
         """The files `infer` writes for one image NAME (`result`: mean, std, schedule from `inference.reconstruct`;
-        `source`: the file it was read from); returns their paths. Default: NAME_mean/std/schedule.tif (float32,
-        the task's units and output pixel size) and NAME_preview.png."""
+        `source`: the file it was read from; `made_by`: the model and sampler, for the files' metadata); returns
+        their paths. Default: NAME_mean/std/schedule.tif (float32 OME-TIFF in the task's units and output pixel
+        size, with the physics of the measurement) and NAME_preview.png."""
         from cvdm_tf.inference import write_outputs
 
+        description = "; ".join(part for part in (made_by, self.describe_physics()) if part)
         return write_outputs(out_dir, name, raw, result, unit=self.target_unit,
-                             pixel_size_um=self.output_pixel_size_um)
+                             pixel_size_um=self.output_pixel_size_um, description=description)
+
+    def describe_physics(self) -> str:
+        """The physics of the measurement, in words, for the outputs' metadata ("" where there is none to state)."""
+        return ""
 
     def is_truth_file(self, path, stems: set) -> bool:
         """Whether a file in an `infer` input folder is a ground truth beside its measurement (not an input)."""

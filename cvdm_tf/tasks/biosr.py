@@ -31,6 +31,7 @@ prediction by decorrelation analysis.
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,9 @@ class BioSRTask(Task):
     DataConfig = DataConfig
     scale = 2
     target_unit = ""
+    target_name = "intensity"
+    package_tags = ("super-resolution", "fluorescence-light-microscopy", "structured-illumination")
+    measurement_names = ["widefield"]
     noise_models = NOISE_MODELS
     options = TASK_OPTIONS["biosr"]
     crop_divisors = {"widefield": 2, "target": 1}
@@ -224,6 +228,26 @@ class BioSRTask(Task):
         return FileBank([size for _, size in usable], load, {"widefield": 1, "target": 1}, self.crop_divisors)
 
     # --- files ---
+    # A widefield pixel size in a file's metadata may differ from the model's by this much (relative): the PSF
+    # in pixels, which the model has learned, is then within this of the one it was trained on.
+    PIXEL_SIZE_TOLERANCE = 0.05
+
+    def read_file(self, path, message=None, physics=None, **options):
+        """(task, [widefield]) of one file. A widefield pixel size in the file's metadata (OME, ImageJ, TIFF
+        resolution) labels the outputs (half of it on the SIM grid); one that differs from the model's by more
+        than PIXEL_SIZE_TOLERANCE is refused, naming both: the model knows its PSF in pixels only."""
+        from cvdm_tf.data import stacks
+
+        task, images = super().read_file(path, message=message, physics=physics, **options)
+        stated = stacks.pixel_size_um(path) if Path(path).suffix.lower() in (".tif", ".tiff") else None
+        if stated is None:
+            return task, images
+        trained = self.data.pixel_size_um * self.scale
+        if abs(stated / trained - 1.0) > self.PIXEL_SIZE_TOLERANCE:
+            raise InputError(f"{path}: widefield pixel size {stated:g} um in its metadata; the model was trained on "
+                             f"{trained:g} um pixels (resample the image to that size, or train on such data)")
+        return type(self)(dataclasses.replace(self.data, pixel_size_um=stated / self.scale)), images
+
     def read_measurements(self, path, message=None):
         return [biosr_files.read_widefield(path)[..., None]]
 

@@ -207,6 +207,9 @@ class QPITask(Task):
     description = "quantitative phase imaging: phase from a defocused intensity pair (I(-dz), I(+dz))"
     DataConfig = DataConfig
     target_unit = "rad"
+    target_name = "phase"
+    package_tags = ("quantitative-phase-imaging", "transport-of-intensity", "brightfield")
+    measurement_names = ["I_minus_dz", "I_plus_dz"]
     offset_free_outputs = ("mean",)
     noise_models = NOISE_MODELS
     options = TASK_OPTIONS["qpi"]
@@ -236,6 +239,9 @@ class QPITask(Task):
 
     # --- the measurement's physics ---
     physics_keys = ("wavelength_um", "pixel_size_um", "defocus_um")
+
+    def describe_physics(self) -> str:
+        return f"measured at {self.microscope.describe()}, boundary {self.data.boundary}"
 
     def __init__(self, data, microscope: Microscope | None = None):
         super().__init__(data)

@@ -200,7 +200,7 @@ class SR4xTask(Task):
             return [((image - low) / ((high - low) or 1.0)).astype(np.float32) for image in images]
         return [readers.to_unit_range(image, dtype) for image in images]
 
-    def write_outputs(self, out_dir, name, raw, result, source=None):
+    def write_outputs(self, out_dir, name, raw, result, source=None, made_by=""):
         """NAME_mean.png (8 bits) and NAME_mean.tif in the input's value range and dtype family (uint8 / uint16
         values, or float32 in the float input's own range), NAME_std.tif (float32, the same units),
         NAME_schedule.tif and NAME_preview.png."""
@@ -220,8 +220,8 @@ class SR4xTask(Task):
         std = (result["std"] * span).astype(np.float32)
         return [io.write_png(out_dir / f"{name}_mean.png", _to_uint8(unit_mean)),
                 _write_tiff(out_dir / f"{name}_mean.tif", mean),
-                io.write_tiff(out_dir / f"{name}_std.tif", std),
-                io.write_tiff(out_dir / f"{name}_schedule.tif", result["schedule"]),
+                io.write_tiff(out_dir / f"{name}_std.tif", std, description=made_by),
+                io.write_tiff(out_dir / f"{name}_schedule.tif", result["schedule"], description=made_by),
                 io.write_png(out_dir / f"{name}_preview.png",
                              preview_image(raw, unit_mean, result["std"], result["schedule"]))]
 
