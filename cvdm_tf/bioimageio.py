@@ -98,7 +98,8 @@ def _test_measurement(run_dir, task, config, test_input) -> np.ndarray:
         _, images = task.read_file(test_input)
         return np.asarray(images[0], np.float32)
     check_task = builtin.check_task(run_dir, task)
-    cases = check_task.eval_cases(builtin.heldout(run_dir), config.data.noise, builtin.card(run_dir)["check"]["seed"])
+    noise = getattr(config.data, "noise", "none")  # sr4x has no noise model
+    cases = check_task.eval_cases(builtin.heldout(run_dir), noise, builtin.card(run_dir)["check"]["seed"])
     return np.asarray(cases[0].measurement, np.float32)
 
 

@@ -123,6 +123,35 @@ def test_cancel_stops_a_long_run_within_one_chunk_and_adds_nothing(tiny_run, pai
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
 
+def test_reconstruct_three_times_seconds_apart_and_again_after_a_cancel(tiny_run, pair, qtbot):
+    """Issue 23's hang: a second Reconstruct within 30 s of the first (Qt's thread pool keeps an idle thread that
+    long, so the second job runs on the first one's thread). Each run here finishes and adds its layers, on one
+    reused thread; after a Cancel mid-run the next one finishes too. (Not reproduced headless: the report was a
+    drawing viewer, which offscreen Qt cannot make.)"""
+    widget = _widget(qtbot, ViewerModel(), tiny_run, pair, steps=6)
+    threads = []
+    for _ in range(3):
+        assert widget.start() is not None
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+        assert widget.status.value.startswith("added cell_mean") and len(widget.last_layers) == 3
+        threads.append(widget.worker_thread)
+        qtbot.wait(1000)
+    assert len(set(threads)) == 1  # the pool's thread, reused: the path the hang took
+    widget.steps.value = 100_000
+    chunks = []
+    widget._relay.progress.connect(lambda *_: chunks.append(1))
+    widget.start()
+    qtbot.waitUntil(lambda: bool(chunks), timeout=WAIT_MS)
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert "cancelled" in widget.status.value
+    widget.steps.value = 6
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert widget.status.value.startswith("added cell_mean")
+    assert len([layer for layer in widget.viewer.layers if layer.name.startswith("cell_mean")]) == 4
+
+
 def test_bad_input_is_reported_in_the_widget(tiny_run, qtbot):
     """A one-channel image for a QPI model: one error line in the status, no worker error escapes, no layers."""
     widget = _widget(qtbot, ViewerModel(), tiny_run, np.ones((16, 16), np.float32))
@@ -179,6 +208,73 @@ def test_reader_opens_infer_outputs_with_their_pixel_size(tiny_run, qpi, pair, t
     for layer, file in zip(viewer.layers, files):
         np.testing.assert_array_equal(layer.data, tifffile.imread(file))
         assert tuple(layer.scale) == pytest.approx((task.output_pixel_size_um,) * 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key, model, scale", [("qpi_pair", "builtin:qpi", 1), ("biosr_widefield", "builtin:biosr", 2),
+                                               ("sr4x_low_resolution", "builtin:sr4x", 4)])
+def test_sample_data_opens_through_the_manifest_and_reconstructs(qtbot, key, model, scale):
+    """File > Open Sample: the manifest's sample command gives a layer that names its built-in model; the widget
+    takes that model when the layer is chosen and reconstructs it on the output grid at the output pixel size."""
+    import npe2
+
+    manifest = npe2.PluginManifest.from_file(MANIFEST)
+    [sample] = [s for s in manifest.contributions.sample_data if s.key == key]
+    [command] = [c for c in manifest.contributions.commands if c.id == sample.command]
+    module, function = command.python_name.split(":")
+    layers = getattr(importlib.import_module(module), function)()
+    viewer = ViewerModel()
+    widget = ReconstructWidget(viewer)
+    qtbot.addWidget(widget.native)
+    widget.set_model("builtin:qpi")
+    [(data, kwargs, kind)] = layers
+    assert kind == "image" and kwargs["metadata"]["cvdm_tf_model"] == model
+    layer = viewer.add_image(data, **kwargs)
+    widget.image.value = layer
+    assert str(widget.model.line_edit.value) == model
+    widget.samples.value, widget.steps.value = 2, 2
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert widget.status.value.startswith(f"added {kwargs['name']}_mean"), widget.status.value
+    mean = widget.last_layers[0]
+    height, width = data.shape[-2:] if model == "builtin:qpi" else data.shape[:2]
+    assert mean.data.shape[:2] == (scale * height, scale * width) and np.isfinite(mean.data).all()
+    if "scale" in kwargs:  # the output grid's pixel
+        assert mean.scale[-1] == pytest.approx(kwargs["scale"][-1] / scale)
+
+
+def test_widget_guesses_the_builtin_model_from_the_layer_but_keeps_a_run_folder(tiny_run, qtbot):
+    viewer = ViewerModel()
+    widget = ReconstructWidget(viewer)
+    qtbot.addWidget(widget.native)
+    assert str(widget.model.line_edit.value) == "builtin:qpi"
+    widget.image.value = viewer.add_image(np.ones((32, 32), np.float32), name="grey")
+    assert str(widget.model.line_edit.value) == "builtin:biosr"
+    widget.image.value = viewer.add_image(np.ones((2, 32, 32), np.float32), name="pair")
+    assert str(widget.model.line_edit.value) == "builtin:qpi"
+    widget.set_model(tiny_run)
+    widget.image.value = viewer.layers["grey"]
+    assert str(widget.model.line_edit.value) == str(tiny_run)
+
+
+def test_writer_saves_a_layer_as_ome_tiff_with_its_pixel_size(tmp_path):
+    import tifffile
+
+    from cvdm_tf.data.stacks import pixel_size_um
+    from cvdm_tf.napari.writer import write_image
+
+    image = np.random.default_rng(0).random((12, 16)).astype(np.float32)
+    meta = {"name": "cell_mean", "scale": (0.21, 0.21), "units": ("um", "um"), "metadata": {"unit": "rad"}}
+    [path] = write_image(str(tmp_path / "cell.tif"), image, meta)
+    np.testing.assert_array_equal(tifffile.imread(path), image)
+    assert pixel_size_um(path) == pytest.approx(0.21)
+    with tifffile.TiffFile(path) as tif:
+        assert tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]["Channel"]["Name"] == "cell_mean (rad)"
+    [path] = write_image(str(tmp_path / "plain.tif"), image, {"name": "x", "scale": (2.0, 2.0),
+                                                            "units": ("pixel", "pixel")})
+    assert pixel_size_um(path) is None  # a scale in pixels is no physical size
+    with pytest.raises(ValueError, match="2-D or RGB"):
+        write_image(str(tmp_path / "stack.tif"), np.ones((3, 4, 4)), {"name": "stack"})
 
 
 def test_manifest_validates_and_its_commands_import():

@@ -121,6 +121,7 @@ class ReconstructWidget(Container):
         self._relay = _Relay()
         self._relay.progress.connect(self._show_progress)
         self._relay.message.connect(self._show_message)
+        self.image.changed.connect(self._model_for_layer)
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
@@ -141,6 +142,21 @@ class ReconstructWidget(Container):
         layer = getattr(event, "value", None)
         if layer is not None and not self._adding and layer in [choice for _, choice in self._image_layers()]:
             self.image.value = layer
+
+    def _model_for_layer(self, layer=None):
+        """The model for a newly chosen layer: the one it names (sample data: metadata["cvdm_tf_model"]), else,
+        while the field holds a built-in model, the built-in one of its shape (a pair or a 2-channel image: QPI;
+        RGB: sr4x; a grey image: BioSR). A run folder the user chose stays."""
+        if layer is None:
+            return
+        named = (getattr(layer, "metadata", None) or {}).get("cvdm_tf_model")
+        current = str(self.model.line_edit.value).strip()
+        if named:
+            self.set_model(named)
+        elif current.startswith("builtin:") or not current or current == ".":
+            guess = _builtin_for(layer)
+            if guess in _builtin_names():
+                self.set_model(guess)
 
     def set_model(self, spec):
         """Put a run folder or `builtin:NAME` in the model field (as typed: FileEdit.value would resolve it)."""
@@ -296,6 +312,16 @@ def _builtin_names() -> list[str]:
     return [builtin.PREFIX + name for name in builtin.names()]
 
 
+def _builtin_for(layer) -> str:
+    """The built-in model a layer's shape suggests."""
+    shape = tuple(np.shape(layer.data[0] if getattr(layer, "multiscale", False) else layer.data))
+    if getattr(layer, "rgb", False):
+        return "builtin:sr4x"
+    if len(shape) == 3 and (shape[0] == 2 or shape[-1] == 2):
+        return "builtin:qpi"
+    return "builtin:biosr" if len(shape) == 2 else "builtin:qpi"  # a z-stack: QPI through focus
+
+
 def _default_model() -> str:
     names = _builtin_names()
-    return names[0] if names else ""
+    return "builtin:qpi" if "builtin:qpi" in names else names[0] if names else ""
