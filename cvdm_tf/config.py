@@ -129,6 +129,10 @@ class TrainConfig:
     batch_size: int = 8
     learning_rate: float = 1e-4
     gradient_clip: float = 1.0  # global norm; 0 disables
+    # With a mean network (model.mean = "network" / "condition+network"): clip its gradient and the other
+    # networks' each to gradient_clip on their own global norms, so the diffusion's large gradients do not scale
+    # the mean network's updates down with theirs (the two share no gradient: the diffusion sees the mean fixed).
+    gradient_clip_per_network: bool = False
     ema_momentum: float = 0.999
     seed: int = 0
     log_every: int = 50

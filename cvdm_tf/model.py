@@ -54,6 +54,7 @@ class CVDM(keras.Model):
         self.loss_config = loss_config
         self.boundary_steps = boundary_steps
         self.seed = seed
+        self.clip_per_network = 0.0  # > 0: the train step clips the mean network and the rest apart (build_model)
         self.precision = precision
         c = model_config
 
@@ -184,8 +185,24 @@ class CVDM(keras.Model):
             scaled = self.optimizer.scale_loss(loss / context.num_replicas_in_sync)  # float16: loss scaling
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        self.optimizer.apply(sum_over_replicas(gradients), variables)
+        gradients = sum_over_replicas(gradients)
+        if self.clip_per_network and self.mean_net is not None:
+            gradients = self.clip_per_network_norm(gradients, variables)
+        self.optimizer.apply(gradients, variables)
         return loss, terms
+
+    def clip_per_network_norm(self, gradients, variables):
+        """The mean network's gradients and the rest's, each clipped to `clip_per_network` on its own global
+        norm (`train.gradient_clip_per_network`; the optimizer then clips nothing)."""
+        mean_ids = {id(v) for v in self.mean_net.trainable_variables}
+        groups = ([i for i, v in enumerate(variables) if id(v) in mean_ids],
+                  [i for i, v in enumerate(variables) if id(v) not in mean_ids])
+        clipped = list(gradients)
+        for group in groups:
+            values, _ = tf.clip_by_global_norm([gradients[i] for i in group], self.clip_per_network)
+            for i, value in zip(group, values):
+                clipped[i] = value
+        return clipped
 
     def replica_test_step(self, data):
         """(loss, terms) of this replica's share of a batch, without an update."""
@@ -231,19 +248,23 @@ def build_model(config) -> keras.Model:
 
         return Regression(config.model, config.loss, seed=config.train.seed, precision=config.train.precision,
                           name="regression")
-    return CVDM(config.model, config.loss, boundary_steps=config.sampler.steps, seed=config.train.seed,
-                precision=config.train.precision, name="cvdm")
+    model = CVDM(config.model, config.loss, boundary_steps=config.sampler.steps, seed=config.train.seed,
+                 precision=config.train.precision, name="cvdm")
+    if config.train.gradient_clip_per_network and config.model.mean.endswith("network"):
+        model.clip_per_network = config.train.gradient_clip  # the model clips; `make_optimizer` then does not
+    return model
 
 
-def make_optimizer(train_config) -> keras.optimizers.Optimizer:
+def make_optimizer(train_config, model=None) -> keras.optimizers.Optimizer:
     """Adam with global-norm gradient clipping and an exponential moving average of the weights, kept for
     sampling (`ema_weights`); under `train.precision = "mixed_float16"` wrapped in a dynamic loss scale.
-    The models' train steps sum the gradients over replicas themselves (`sum_over_replicas`)."""
+    The models' train steps sum the gradients over replicas themselves (`sum_over_replicas`). A `model` that
+    clips its networks apart (`CVDM.clip_per_network`) gets no global clipping here."""
     optimizer = SummedGradientsAdam(
         learning_rate=train_config.learning_rate,
         # Clipping the global gradient norm keeps one bad batch from throwing the learned schedule off
         # (measured: at learning rate 1e-3 without it, the default QPI run diverged at step ~1500).
-        global_clipnorm=train_config.gradient_clip or None,
+        global_clipnorm=None if getattr(model, "clip_per_network", 0) else train_config.gradient_clip or None,
         use_ema=train_config.ema_momentum > 0,
         ema_momentum=train_config.ema_momentum or 0.99,
     )

@@ -90,7 +90,7 @@ def build_for_checkpoint(config: Config):
     from cvdm_tf.model import build_model, make_optimizer
 
     model = build_model(config)
-    optimizer = make_optimizer(config.train)
+    optimizer = make_optimizer(config.train, model)  # the model may clip its networks apart
     model.compile(optimizer=optimizer)
     optimizer.build(model.trainable_variables)
     # The loss trackers' running means too, so a resumed log interval averages the same steps.

@@ -101,6 +101,24 @@ def test_condition_plus_network_mean_is_the_estimate_corrected_by_the_network():
     np.testing.assert_allclose(float(model.loss_terms(y, x)["mean"]), expected, rtol=1e-5)
 
 
+def test_per_network_clipping_keeps_the_mean_networks_gradient_from_the_diffusions_norm():
+    """train.gradient_clip_per_network: the mean network's gradients are clipped on their own norm, not scaled
+    down with the diffusion's (as one global norm would: 1 / 100 here), and the optimizer clips nothing more."""
+    config = tiny_config(mean="network").replace(train={"gradient_clip_per_network": True})
+    model = build_model(config)
+    assert model.clip_per_network == 1.0 and make_optimizer(config.train, model).global_clipnorm is None
+    assert make_optimizer(config.train).global_clipnorm == 1.0
+    variables = model.trainable_variables
+    mean_ids = {id(v) for v in model.mean_net.trainable_variables}
+    gradients = [tf.fill(v.shape, 0.001 if id(v) in mean_ids else 100.0) for v in variables]
+    clipped = model.clip_per_network_norm(gradients, variables)
+    mean_norm = tf.linalg.global_norm([g for g, v in zip(clipped, variables) if id(v) in mean_ids])
+    rest_norm = tf.linalg.global_norm([g for g, v in zip(clipped, variables) if id(v) not in mean_ids])
+    expected = tf.linalg.global_norm([g for g, v in zip(gradients, variables) if id(v) in mean_ids])
+    np.testing.assert_allclose(float(mean_norm), float(expected), rtol=1e-6)  # under the clip: untouched
+    np.testing.assert_allclose(float(rest_norm), 1.0, rtol=1e-5)
+
+
 def test_gradients_stay_finite_when_gamma_underflows():
     """tau * rho(1) far above 87 makes gamma(1) exactly 0 in float32: no gradient may become NaN."""
     config = tiny_config(schedule="learned-global")
