@@ -213,7 +213,6 @@ def train(task, config_path, data, out, steps, batch_size, image_size, schedule,
     """
     from cvdm_tf.config import default_config, load_config
     from cvdm_tf.runs import run_config
-    from cvdm_tf.training import TrainingError, train as run_training
     from cvdm_tf.tasks import TASK_NAMES
 
     if task not in TASK_NAMES:
@@ -230,6 +229,7 @@ def train(task, config_path, data, out, steps, batch_size, image_size, schedule,
         if fixed:
             raise InputError(f"{', '.join(fixed)}: a resumed run keeps its own config.toml (only --steps and "
                              f"--checkpoint-every may change)")
+    if resume:
         config = run_config(out)
         if task_given and config.task != task:
             raise InputError(f"{out}: the run is for task {config.task!r}, not {task!r}")
@@ -248,7 +248,12 @@ def train(task, config_path, data, out, steps, batch_size, image_size, schedule,
     except InputError as err:
         raise InputError(f"option: {err}") from None
     out = Path(out) if out else Path("runs") / f"{config.task}-{datetime.now():%Y%m%d-%H%M%S}"
+    # The options and the config are checked (bad ones get their one line above); say what starts before the data,
+    # the model and the first step's compilation (about 10 s before the first progress line).
+    click.echo(f"{'resuming' if resume else 'starting'} {config.task} training in {out}: loading the data and "
+               "building the model ...", err=True)
     from cvdm_tf.distribute import make_strategy
+    from cvdm_tf.training import TrainingError, train as run_training
 
     try:
         run_training(config, out, resume=resume, strategy=make_strategy(strategy, worker_timeout))
@@ -270,8 +275,9 @@ def train(task, config_path, data, out, steps, batch_size, image_size, schedule,
 @task_options("simulate")
 @command
 def simulate(task, input_path, out, noise, seed, task_values):
-    """Make measurements from ground truth (QPI: NAME.tif, the raw pair I(-dz), I(+dz), and NAME_phase.tif in
-    radians; BioSR: NAME.tif, the widefield image, and NAME_gt.tif, the SIM-like target, on the 2x grid)."""
+    """Make measurements from ground truth (QPI: OUT/NAME.tif, the raw pair I(-dz), I(+dz), and OUT/NAME_phase.tif
+    in radians; BioSR: OUT/wf/NAME.tif, the widefield image, and OUT/gt/NAME.tif, the SIM-like target on the 2x
+    grid; sr4x: OUT/lr/NAME.png, the 4x-downsampled image, and OUT/hr/NAME.png)."""
     from cvdm_tf.tasks import get_task
 
     cls = get_task(task)

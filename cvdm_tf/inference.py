@@ -125,6 +125,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
     sampler_config = dataclasses.replace(config.sampler, precision=precision or config.sampler.precision)
     sampler = sampler_for(model, sampler_config)  # one compiled graph for every file and tile
     progress = progress or InferProgress(len(files))
+    progress.batch_size = batch_size
     progress.message(f"K = {samples} samples of T = {steps} {method} steps per image")
     report = InferReport(out_dir=out_dir, files=len(files))
     made_by = (f"cvdm-tf {__version__} infer: model {os.fspath(run_dir)}, K = {samples} samples of T = {steps} "
@@ -171,8 +172,11 @@ def _reconstruct_file(path, base, used, model, task, sampler, samples, steps, me
     results = []
     for number, raw in enumerate(images):
         try:
+            # Sampled in chunks of about a tenth of the steps (the same samples as one call), so the progress
+            # line moves within a tile.
             result = reconstruct(model, task, raw, samples=samples, steps=steps, method=method, seed=seed,
-                                 tile=tile, batch_size=batch_size, progress=progress.tiles, sampler=sampler)
+                                 tile=tile, batch_size=batch_size, progress=progress.tiles, sampler=sampler,
+                                 chunk=max(1, steps // 10), step_progress=progress.steps)
         except InputError as err:
             where = f"{path} [image {number}]" if len(images) > 1 else f"{path}"
             raise InputError(f"{where}: {err}") from None

@@ -76,22 +76,34 @@ class InferProgress:
         self.began = time.monotonic()
         self.last_line = -math.inf
         self.index, self.name = 0, ""
+        self.tiles_done, self.tiles_total, self.batch_size = 0, 1, 1
 
     def start_file(self, index: int, name: str):
         self.index, self.name = index, name
+        self.tiles_done, self.tiles_total = 0, 1
         self.tiles(0, 1, force=self.tty)
+
+    def steps(self, done: int, total: int):
+        """Called between chunks of sampling steps of the current batch of tiles: the bar moves within a tile."""
+        batch = min(self.batch_size, self.tiles_total - self.tiles_done)
+        self._draw(self.tiles_done + batch * done / max(total, 1), self.tiles_total, step=(done, total))
 
     def tiles(self, done: int, total: int, force: bool = False):
         """Called after each batch of tiles of the current file."""
+        self.tiles_done, self.tiles_total = done, total
+        self._draw(done, total, force=force)
+
+    def _draw(self, done: float, total: int, force: bool = False, step=None):
         fraction = (self.index + done / max(total, 1)) / max(self.files, 1)
         elapsed = time.monotonic() - self.began
         eta = elapsed / fraction * (1 - fraction) if fraction > 0 else 0.0
         width = 20
         bar = "#" * int(width * fraction) + "." * (width - int(width * fraction))
-        tiles = f" tile {done}/{total}" if total > 1 else ""
-        line = (f"file {self.index + 1}/{self.files} {self.name}{tiles} [{bar}] "
+        tiles = f" tile {min(int(done) + 1, total) if step else int(done)}/{total}" if total > 1 else ""
+        steps = f" step {step[0]}/{step[1]}" if step else ""
+        line = (f"file {self.index + 1}/{self.files} {self.name}{tiles}{steps} [{bar}] "
                 f"| {_clock(elapsed)} elapsed, ETA {_clock(eta)}")
-        finished = done >= total and total > 0
+        finished = step is None and done >= total and total > 0
         now = time.monotonic()
         if self.tty:
             self.stream.write("\r\033[K" + line)

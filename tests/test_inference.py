@@ -274,6 +274,28 @@ def test_infer_writes_all_outputs(infer_run):
 
 
 @pytest.mark.slow
+def test_infer_progress_moves_within_one_image(tiny_run, measurements, tmp_path):
+    """One image, one tile: the line reports steps between 0% and 100% (the sampler runs in chunks of about a
+    tenth of T), and the outputs are those of the sampler's one-call loop."""
+    import io as stdio
+
+    from cvdm_tf.inference import infer_paths
+    from cvdm_tf.progress import InferProgress
+
+    stream = stdio.StringIO()
+    infer_paths(tiny_run, measurements / "good" / "small.tif", tmp_path / "out", samples=2, steps=10, seed=3,
+                progress=InferProgress(1, stream=stream, interval_s=0.0))
+    lines = stream.getvalue().splitlines()
+    steps = [line for line in lines if " step " in line]
+    assert [line.split(" step ")[1].split(" ")[0] for line in steps] == [f"{i}/10" for i in range(1, 11)]
+    assert any("[##########..........]" in line for line in steps)  # half way: the bar at 50%
+    with_chunks = _read(tmp_path / "out" / "small_mean.tif")
+    infer_paths(tiny_run, measurements / "good" / "small.tif", tmp_path / "plain", samples=2, steps=10, seed=3,
+                progress=InferProgress(1, stream=stdio.StringIO()))
+    np.testing.assert_array_equal(with_chunks, _read(tmp_path / "plain" / "small_mean.tif"))
+
+
+@pytest.mark.slow
 def test_infer_data_consistency_option_turns_the_refinement_off(infer_run, tiny_run, measurements, tmp_path):
     """The default run refines (data.data_consistency = 1); `--data-consistency 0` gives the sampler's own mean,
     the one `reconstruct` gives with the option off, and not the refined one."""

@@ -173,15 +173,19 @@ def _in_micrometres(value, unit: str | None, name: str, source: str, what: str =
     return None if scale is None else step * scale
 
 
-def _ome_pixels(ome_xml: str | None, name: str):
-    """The first Pixels element of OME-XML, or None."""
+def _ome_pixels(ome_xml: str | None, name: str) -> dict | None:
+    """The attributes of the first image's Pixels element of OME-XML (tifffile's OME parser), or None."""
+    import tifffile
+
     if not ome_xml:
         return None
     try:
-        root = ElementTree.fromstring(ome_xml)
+        images = tifffile.xml2dict(ome_xml).get("OME", {}).get("Image")
     except ElementTree.ParseError as exc:
         raise InputError(f"{name}: unreadable OME-XML metadata ({exc})") from exc
-    return next((element for element in root.iter() if element.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    image = images[0] if isinstance(images, list) else images
+    pixels = image.get("Pixels") if isinstance(image, dict) else None
+    return pixels if isinstance(pixels, dict) else None
 
 
 def _ome_z_step(ome_xml: str | None, name: str) -> float | None:
