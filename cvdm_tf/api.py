@@ -9,7 +9,7 @@
 `predict` reads the array exactly as `cvdm-tf infer` reads a file (`read_array`: a QPI pair [2, H, W] or
 [H, W, 2], a z-stack [Z, H, W] with `z_step_um`, a BioSR widefield image, an 8-bit RGB image for 4x SR) and
 samples with the run's sampler unless told otherwise, so the numbers of a model's card hold from Python too.
-The napari widget reads its layers through `read_array`.
+The napari widget reconstructs its layers through `Model.predict`.
 
     measurement   the raw array a microscope or camera gives (intensities, counts), any size
     K (samples)   samples drawn per pixel: `mean` and `std` are over these
@@ -76,6 +76,7 @@ class Model:
     def predict(self, measurement, samples: int | None = None, steps: int | None = None,
                 method: str | None = None, seed: int = 0, tile: int = 256, batch_size: int = 4,
                 z_step_um: float | None = None, plane: int = 0, keep_samples: bool = False, message=None,
+                progress=None, chunk: int | None = None, step_progress=None, name: str = "measurement",
                 **physics) -> Prediction:
         """Reconstruct one measurement.
 
@@ -87,6 +88,10 @@ class Model:
             z_step_um, plane: a QPI z-stack's plane spacing; which image of a stack of single images.
             keep_samples: bool. Also return every sample (K times the memory of `mean`).
             message: callable(str) or None. The reader's notes (e.g. which planes of a z-stack were paired).
+            progress: callable(done, total) or None, after each batch of tiles (it may raise to stop).
+            chunk, step_progress: sample in compiled runs of `chunk` steps with `step_progress(done, steps)`
+                between them (it may raise to stop: a GUI cancels within `chunk` steps); the same samples.
+            name: str. What the measurement is called in messages (e.g. a napari layer's name).
             **physics: the task's physics in its units (QPI: wavelength_um=, pixel_size_um=, defocus_um=).
 
         Returns:
@@ -99,11 +104,11 @@ class Model:
         from cvdm_tf.inference import reconstruct
 
         task, raw = read_array(self.task, measurement, z_step_um=z_step_um, plane=plane, message=message,
-                               name="measurement", physics=physics)
+                               name=name, physics=physics)
         result = reconstruct(self.network, task, raw, samples=samples or self.config.sampler.samples,
                              steps=steps or self.config.sampler.steps, method=method or self.config.sampler.method,
                              seed=seed, tile=tile, batch_size=batch_size, sampler=self.sampler,
-                             keep_samples=keep_samples)
+                             keep_samples=keep_samples, progress=progress, chunk=chunk, step_progress=step_progress)
         squeeze = (lambda a: a[..., 0]) if result["mean"].shape[-1] == 1 else (lambda a: a)  # noqa: E731
         return Prediction(mean=squeeze(result["mean"]), std=squeeze(result["std"]),
                           schedule=squeeze(result["schedule"]),

@@ -13,24 +13,21 @@ OUTPUTS = ("mean", "std", "schedule")
 COLORMAPS = {"mean": "gray", "std": "magma", "schedule": "viridis"}
 
 
-def output_layers(result: dict, task, name: str, pixel_size_um: float | None = None) -> list[tuple]:
+def output_layers(prediction, name: str, pixel_size_um: float | None = None) -> list[tuple]:
     """napari LayerData tuples (data, kwargs, "image") of a reconstruction: mean, std and schedule.
 
     Args:
-        result: dict of float32 [H, W, C] (`reconstruct`'s output).
-        task: the run's task: the value unit (QPI: radians) and, when known, the output pixel size.
+        prediction: `cvdm_tf.api.Prediction` (mean, std, schedule [H, W] or [H, W, C]; its unit, e.g. radians).
         name: str. The input layer's name; layers are called NAME_mean, NAME_std, NAME_schedule.
-        pixel_size_um: float or None. The output pixel size when the task does not know it (None: unscaled).
+        pixel_size_um: float or None. The output pixel size (None: unscaled).
 
     Returns:
         list of (np.ndarray, dict, str), in `OUTPUTS` order.
     """
-    pixel = task.output_pixel_size_um or pixel_size_um
-    unit = getattr(task, "target_unit", "") or ""
     layers = []
     for key in OUTPUTS:
-        value_unit = "" if key == "schedule" else unit  # tau * rho(1) is unitless
-        layers.append(layer_data(result[key], f"{name}_{key}", key, pixel, value_unit))
+        value_unit = "" if key == "schedule" else prediction.unit  # tau * rho(1) is unitless
+        layers.append(layer_data(getattr(prediction, key), f"{name}_{key}", key, pixel_size_um, value_unit))
     return layers
 
 

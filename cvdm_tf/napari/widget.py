@@ -13,7 +13,7 @@
                the measurement's physics (QPI), as `cvdm-tf infer --wavelength --pixel-size --defocus`; 0 = the
                run's (pixel size: the layer's scale if set); outside the model's range: an error naming the range
 
-Reconstruct runs `cvdm_tf.inference.reconstruct` in a worker thread (napari's `create_worker`), so the viewer
+Reconstruct runs the Python API's `Model.predict` (`cvdm_tf.load`) in a worker thread (napari's `create_worker`), so the viewer
 never blocks. The sampler runs in chunks of `CHUNK_STEPS` steps (`Sampler(..., chunk=N)`): between chunks the
 progress bar moves and Cancel takes effect, so a cancelled run stops within one chunk and adds nothing.
 """
@@ -117,7 +117,7 @@ class ReconstructWidget(Container):
         self.last_layers: list = []
         self._adding = False
         self._cancel = threading.Event()
-        self._loaded = None  # (spec, config, task, model, sampler): one model kept, its compiled sampler reused
+        self._loaded = None  # the cvdm_tf.api.Model last used: kept, its compiled sampler reused
         self._relay = _Relay()
         self._relay.progress.connect(self._show_progress)
         self._relay.message.connect(self._show_message)
@@ -208,18 +208,19 @@ class ReconstructWidget(Container):
             self._show_message("cancelling ...")
 
     def _add_layers(self, output):
-        job, task, result = output
+        job, prediction = output
         added = []
         self._adding = True  # the new layers become selected; the input stays the image
+        pixel = prediction.pixel_size_um or _output_pixel(job, self._loaded.task)
         try:
-            for data, kwargs, _ in layers.output_layers(result, task, job.name, _output_pixel(job, task)):
+            for data, kwargs, _ in layers.output_layers(prediction, job.name, pixel):
                 layer = self.viewer.add_image(data, **kwargs)
                 added.extend(layer if isinstance(layer, list) else [layer])  # channel_axis: one per channel
         finally:
             self._adding = False
         self.last_layers = added
         self.progress.value = self.progress.max
-        unit = f" ({task.target_unit})" if task.target_unit else ""
+        unit = f" ({prediction.unit})" if prediction.unit else ""
         self._show_message(f"added {job.name}_mean, _std{unit} and _schedule")
 
     def _failed(self, error):
@@ -243,21 +244,15 @@ class ReconstructWidget(Container):
 
     # --- worker thread ---
     def _compute(self, job: Job):
-        """Load (or reuse) the model, read the layer as the task reads a file, sample: (job, task, result)."""
-        from cvdm_tf.api import read_array
-        from cvdm_tf.inference import reconstruct
-
+        """Load (or reuse) the model and reconstruct the layer through the Python API (`Model.predict`, which
+        reads the array as `cvdm-tf infer` reads a file): (job, prediction)."""
         self.worker_thread = threading.get_ident()
         self._check_cancel()
-        config, task, model, sampler = self._load(job.model)
+        model = self._load(job.model)
         self._check_cancel()
         # The physics fields are QPI's: a model of another task ignores them (and the layer's scale).
-        physics = {key: value for key, value in job.physics.items() if key in task.physics_keys}
-        task, raw = read_array(task, job.data, job.z_step_um, job.plane, message=self._relay.message.emit,
-                               name=job.name, physics=physics)
-        steps = job.steps or config.sampler.steps
-        height, width = raw.shape[0] * task.scale, raw.shape[1] * task.scale
-        state = {"tiles": 0, "total": _tile_count(height, width, job.tile), "batch": 0}
+        physics = {key: value for key, value in job.physics.items() if key in model.task.physics_keys}
+        state = {"tiles": 0, "total": 1}
         batch_size = 1  # one tile per call: the finest progress; the sampler is traced once for all tiles
 
         def tiles_done(done, total):
@@ -270,25 +265,24 @@ class ReconstructWidget(Container):
             self._relay.progress.emit(fraction, f"{job.name}: tile {min(state['tiles'] + 1, state['total'])}/"
                                                 f"{state['total']}, step {done}/{total}")
 
-        result = reconstruct(model, task, raw, samples=job.samples, steps=steps,
-                             method=job.method or config.sampler.method, seed=job.seed, tile=job.tile,
-                             batch_size=batch_size, progress=tiles_done, sampler=sampler, chunk=CHUNK_STEPS,
-                             step_progress=steps_done)
-        return job, task, result
+        prediction = model.predict(job.data, samples=job.samples, steps=job.steps or None, method=job.method,
+                                   seed=job.seed, tile=job.tile, batch_size=batch_size, z_step_um=job.z_step_um,
+                                   plane=job.plane, message=self._relay.message.emit, progress=tiles_done,
+                                   chunk=CHUNK_STEPS, step_progress=steps_done, name=job.name, **physics)
+        return job, prediction
 
     def _check_cancel(self):
         if self._cancel.is_set():
             raise Cancelled()
 
     def _load(self, spec):
-        if self._loaded is None or self._loaded[0] != spec:
-            from cvdm_tf.runs import load_run
-            from cvdm_tf.sampler import sampler_for
+        """The `cvdm_tf.api.Model` of `spec`: one kept, its compiled sampler reused."""
+        if self._loaded is None or self._loaded.spec != spec:
+            import cvdm_tf
 
             self._relay.message.emit(f"loading {spec} ...")
-            config, task, model = load_run(spec)
-            self._loaded = (spec, config, task, model, sampler_for(model, config.sampler))
-        return self._loaded[1:]
+            self._loaded = cvdm_tf.load(spec)
+        return self._loaded
 
 
 def _tile_count(height, width, tile):
