@@ -294,7 +294,8 @@ def simulate(task, input_path, out, noise, seed, task_values):
 @main.command()
 @click.option("--model", "run_dir", required=True, type=click.Path(), help=MODEL_HELP)
 @click.option("--input", "input_path", required=True, type=click.Path(),
-              help="Raw measurement(s): an image/stack file or a folder (recursive). QPI: the H x W x 2 pair.")
+              help="Raw measurement(s): an image/stack file or a folder (recursive), or an OME-Zarr field "
+                   "(FIELD.zarr, read and written block by block). QPI: the H x W x 2 pair.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--samples", type=click.IntRange(min=1),
               help="K samples per image, the std map is over these (default: the run's sampler.samples).")

@@ -115,6 +115,11 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
         from cvdm_tf.tasks import make_task
 
         task = make_task(config.task, data)
+    from cvdm_tf import zarr_io
+
+    if zarr_io.is_ome_zarr(input_path):
+        return _infer_ome_zarr(run_dir, input_path, out_dir, config, task, model, samples, steps, method, seed,
+                               batch_size, tile, precision, progress, physics or {})
     files = _input_files(input_path, out_dir, task)
     samples = samples or config.sampler.samples
     steps = steps or config.sampler.steps
@@ -156,6 +161,56 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
         raise
     progress.close(f"wrote {len(report.written)} reconstruction(s) to {out_dir}"
                    + (f"; {len(report.failed)} of {len(files)} file(s) failed" if report.failed else ""))
+    return report
+
+
+def _infer_ome_zarr(run_dir, input_path, out_dir, config, task, model, samples, steps, method, seed, batch_size,
+                    tile, precision, progress, physics) -> InferReport:
+    """An OME-Zarr field, block by block (`zarr_io.reconstruct_field`), into NAME_mean / _std / _schedule.ome.zarr
+    (written as hidden folders, renamed once complete)."""
+    import shutil
+
+    from cvdm_tf import zarr_io
+    from cvdm_tf.sampler import sampler_for
+
+    samples = samples or config.sampler.samples
+    steps = steps or config.sampler.steps
+    method = method or config.sampler.method
+    field, stated = zarr_io.open_field(input_path, task.measurement_channels)
+    given = {key: value for key, value in physics.items() if value is not None}
+    if stated is not None and "pixel_size_um" not in given:
+        task = task.with_stated_pixel_size(stated, input_path)
+    task = task.with_physics(**given)
+    try:
+        task.check_physics()
+    except InputError as err:
+        raise InputError(f"{os.fspath(input_path)}: {err}") from None
+    name = Path(input_path).name[: -len(".zarr")].removesuffix(".ome")
+    final = {key: Path(out_dir) / f"{name}_{key}.ome.zarr" for key in zarr_io.OUTPUTS}
+    for path in final.values():
+        if path.exists():
+            raise InputError(f"{path}: exists (remove it first)")
+    partial = {key: path.with_name(f".{path.name}.partial") for key, path in final.items()}
+    sampler = sampler_for(model, dataclasses.replace(config.sampler, precision=precision or config.sampler.precision))
+    progress = progress or InferProgress(1)
+    progress.message(f"K = {samples} samples of T = {steps} {method} steps per block of the field")
+    progress.start_file(0, name)
+    made_by = (f"cvdm-tf {__version__} infer: model {os.fspath(run_dir)}, K = {samples} samples of T = {steps} "
+               f"{method} steps, seed {seed}")
+    description = "; ".join(part for part in (made_by, task.describe_physics()) if part)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        zarr_io.reconstruct_field(model, task, field, partial, samples, steps, method, seed, tile, batch_size,
+                                  sampler, pixel_size_um=task.output_pixel_size_um, description=description,
+                                  progress=progress.tiles)
+        for key in zarr_io.OUTPUTS:
+            os.replace(partial[key], final[key])
+    finally:
+        for path in partial.values():
+            shutil.rmtree(path, ignore_errors=True)
+    report = InferReport(out_dir=Path(out_dir), files=1)
+    report.written[name] = [final[key] for key in zarr_io.OUTPUTS]
+    progress.close(f"wrote {name}_mean / _std / _schedule.ome.zarr to {out_dir}")
     return report
 
 

@@ -229,6 +229,11 @@ class Task:
         return write_outputs(out_dir, name, raw, result, unit=self.target_unit,
                              pixel_size_um=self.output_pixel_size_um, description=description)
 
+    def with_stated_pixel_size(self, pixel_size_um: float, source) -> "Task":
+        """This task for a measurement whose metadata states its pixel size (um, on the measurement's grid):
+        the outputs are labelled from it where the task has a pixel size (default: a task without one)."""
+        return self
+
     def describe_physics(self) -> str:
         """The physics of the measurement, in words, for the outputs' metadata ("" where there is none to state)."""
         return ""

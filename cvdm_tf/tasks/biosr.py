@@ -233,20 +233,23 @@ class BioSRTask(Task):
     PIXEL_SIZE_TOLERANCE = 0.05
 
     def read_file(self, path, message=None, physics=None, **options):
-        """(task, [widefield]) of one file. A widefield pixel size in the file's metadata (OME, ImageJ, TIFF
-        resolution) labels the outputs (half of it on the SIM grid); one that differs from the model's by more
-        than PIXEL_SIZE_TOLERANCE is refused, naming both: the model knows its PSF in pixels only."""
+        """(task, [widefield]) of one file, the task labelled with the widefield pixel size its metadata states
+        (OME, ImageJ, TIFF resolution; `with_stated_pixel_size`)."""
         from cvdm_tf.data import stacks
 
         task, images = super().read_file(path, message=message, physics=physics, **options)
         stated = stacks.pixel_size_um(path) if Path(path).suffix.lower() in (".tif", ".tiff") else None
-        if stated is None:
-            return task, images
+        return (task if stated is None else task.with_stated_pixel_size(stated, path)), images
+
+    def with_stated_pixel_size(self, pixel_size_um, source):
+        """The outputs get half the stated widefield pixel; one that differs from the model's by more than
+        PIXEL_SIZE_TOLERANCE is refused, naming both: the model knows its PSF in pixels only."""
         trained = self.data.pixel_size_um * self.scale
-        if abs(stated / trained - 1.0) > self.PIXEL_SIZE_TOLERANCE:
-            raise InputError(f"{path}: widefield pixel size {stated:g} um in its metadata; the model was trained on "
-                             f"{trained:g} um pixels (resample the image to that size, or train on such data)")
-        return type(self)(dataclasses.replace(self.data, pixel_size_um=stated / self.scale)), images
+        if abs(pixel_size_um / trained - 1.0) > self.PIXEL_SIZE_TOLERANCE:
+            raise InputError(f"{source}: widefield pixel size {pixel_size_um:g} um in its metadata; the model was "
+                             f"trained on {trained:g} um pixels (resample the image to that size, or train on such "
+                             "data)")
+        return type(self)(dataclasses.replace(self.data, pixel_size_um=pixel_size_um / self.scale))
 
     def read_measurements(self, path, message=None):
         return [biosr_files.read_widefield(path)[..., None]]

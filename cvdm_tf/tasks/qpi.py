@@ -240,6 +240,9 @@ class QPITask(Task):
     # --- the measurement's physics ---
     physics_keys = ("wavelength_um", "pixel_size_um", "defocus_um")
 
+    def with_stated_pixel_size(self, pixel_size_um, source):
+        return self.with_physics(pixel_size_um=pixel_size_um)
+
     def describe_physics(self) -> str:
         return f"measured at {self.microscope.describe()}, boundary {self.data.boundary}"
 
