@@ -14,8 +14,9 @@
                run's (pixel size: the layer's scale if set); outside the model's range: an error naming the range
 
 Reconstruct runs the Python API's `Model.predict` (`cvdm_tf.load`) in a worker thread (napari's
-`create_worker`), so the viewer never blocks. The sampler runs in chunks of `CHUNK_STEPS` steps (`Sampler(..., chunk=N)`): between chunks the
-progress bar moves and Cancel takes effect, so a cancelled run stops within one chunk and adds nothing.
+`create_worker`), so the viewer never blocks. The sampler runs in chunks of `CHUNK_STEPS` steps (`Sampler(...,
+chunk=N)`): between chunks the progress bar moves and Cancel takes effect, so a cancelled run stops within one
+chunk and adds nothing.
 """
 
 from __future__ import annotations
