@@ -219,6 +219,9 @@ def ms_ssim(a, b, data_range):
     one, and equals `tf.image.ssim_multiscale` with the same truncated, rescaled `power_factors`. Scores at
     different sizes are therefore not strictly comparable; compare methods at the same size.
 
+    Why not call `tf.image.ssim_multiscale`: the scores stay NumPy float64 without TensorFlow, and tf's function
+    is then an independent implementation to test this one against (tests/test_metrics.py: equal to 1e-5).
+
     Args:
         a: array `[H, W]` or `[H, W, C]`, both sides at least 11 pixels. prediction.
         b: array of the same shape. reference.
