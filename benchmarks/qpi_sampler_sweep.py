@@ -1,6 +1,6 @@
 """QPI: choose the sampler (method, T, K) and the data-consistency weight on validation camera frames.
 
-    python benchmarks/qpi_sampler_sweep.py --model RUN [--seed 4321] [--images 12]
+    python benchmarks/qpi_sampler_sweep.py --model RUN [--seed 4321] [--images 12] [--setting ddpm:2:8 ...]
 
 Validation frames, never the benchmark's: the camera frames of `qpi_vs_tie.py` made from cell fields of another
 seed (4321; the test fields use 1234, training 2024), no natural image, the paper's noise, at the run's default
@@ -35,7 +35,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=4321)
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--setting", action="append",
+                        help="METHOD:T:K to measure (repeatable; default: the sweep of SETTINGS)")
     args = parser.parse_args(argv)
+    settings = SETTINGS
+    if args.setting:
+        settings = [(m, int(t), int(k)) for m, t, k in (item.split(":") for item in args.setting)]
     config, task, model = load_run(args.model)
     sampler = sampler_for(model, config.sampler)
     frames = make_task(task.name, dataclasses.replace(config.data, camera_crop=args.size, boundary="camera"))
@@ -51,7 +56,7 @@ def main(argv=None):
         y = scope.normalize_condition(measured)
         stepped = [make_task(task.name, dataclasses.replace(scope.data, data_consistency=1, consistency_weight=w))
                    for w in WEIGHTS]
-        for method, steps, samples in SETTINGS:
+        for method, steps, samples in settings:
             out = sampler(y, steps=steps, samples=samples, seed=args.seed, method=method)
             drawn = scope.denormalize_target(out["samples"]).numpy()
             row = [scores(drawn.mean(axis=1)[..., 0], truths)["mae"]]
