@@ -60,14 +60,21 @@ class Model:
         card: dict or None. The built-in model's card (`cvdm-tf models NAME`), None for a run folder.
     """
 
-    def __init__(self, spec):
+    def __init__(self, spec, precision: str | None = None, data=None):
+        """`spec`: a run folder or `builtin:NAME`; `precision`: the sampler's ("auto", "float32", "bfloat16"; None:
+        the run's); `data`: a data config for the run's task other than the run's (e.g. QPI's refinement off)."""
         from cvdm_tf import builtin
         from cvdm_tf.runs import load_run
         from cvdm_tf.sampler import sampler_for
 
         self.spec = str(spec)
         self.config, self.task, self.network = load_run(spec)
-        self.sampler = sampler_for(self.network, self.config.sampler)  # one compiled graph for every call
+        if data is not None and data != self.config.data:
+            from cvdm_tf.tasks import make_task
+
+            self.task = make_task(self.config.task, data)
+        sampler_config = dataclasses.replace(self.config.sampler, precision=precision or self.config.sampler.precision)
+        self.sampler = sampler_for(self.network, sampler_config)  # one compiled graph for every call
         self.card = builtin.card(spec) if builtin.is_builtin(spec) else None
 
     def __repr__(self):
@@ -101,19 +108,29 @@ class Model:
             InputError: the array is not a measurement of this task, an option is out of range, or the physics
                 lies outside the model's training range (the message names the range).
         """
-        from cvdm_tf.inference import reconstruct
-
         task, raw = read_array(self.task, measurement, z_step_um=z_step_um, plane=plane, message=message,
                                name=name, physics=physics)
-        result = reconstruct(self.network, task, raw, samples=samples or self.config.sampler.samples,
-                             steps=steps or self.config.sampler.steps, method=method or self.config.sampler.method,
-                             seed=seed, tile=tile, batch_size=batch_size, sampler=self.sampler,
-                             keep_samples=keep_samples, progress=progress, chunk=chunk, step_progress=step_progress)
+        result = self.reconstruct(task, raw, samples=samples, steps=steps, method=method, seed=seed, tile=tile,
+                                  batch_size=batch_size, keep_samples=keep_samples, progress=progress, chunk=chunk,
+                                  step_progress=step_progress)
         squeeze = (lambda a: a[..., 0]) if result["mean"].shape[-1] == 1 else (lambda a: a)  # noqa: E731
         return Prediction(mean=squeeze(result["mean"]), std=squeeze(result["std"]),
                           schedule=squeeze(result["schedule"]),
                           samples=squeeze(result["samples"]) if keep_samples else None,
                           unit=task.target_unit, pixel_size_um=task.output_pixel_size_um)
+
+
+    def reconstruct(self, task, raw, samples: int | None = None, steps: int | None = None, method: str | None = None,
+                    seed: int = 0, **options) -> dict:
+        """`inference.reconstruct` of one raw measurement [h, w, C] already read by `task` (e.g. `task.read_file`,
+        as `cvdm-tf infer` reads files), with this model's sampler and the run's K, T and method by default: dict
+        of mean, std, schedule [H, W, C] in physical units (and samples with `keep_samples=True`). `options`:
+        tile, batch_size, keep_samples, progress, chunk, step_progress."""
+        from cvdm_tf.inference import reconstruct
+
+        return reconstruct(self.network, task, raw, samples=samples or self.config.sampler.samples,
+                           steps=steps or self.config.sampler.steps, method=method or self.config.sampler.method,
+                           seed=seed, sampler=self.sampler, **options)
 
 
 def load(spec) -> Model:

@@ -28,7 +28,6 @@ A file that fails is reported and skipped; the others are finished (`InferReport
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,24 +101,21 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
     """
     out_dir = Path(out_dir)
     _check_options(samples, steps, batch_size, tile, method)
-    from cvdm_tf.runs import load_run, model_config
+    from cvdm_tf.runs import model_config
 
     # Before TensorFlow loads (seconds): a typo in a path fails at once.
     if not Path(input_path).exists():
         raise InputError(f"{os.fspath(input_path)}: no such file or folder")
     model_config(run_dir)
-    from cvdm_tf.sampler import sampler_for
-
-    config, task, model = load_run(run_dir)
-    if data is not None and data != config.data:
-        from cvdm_tf.tasks import make_task
-
-        task = make_task(config.task, data)
     from cvdm_tf import zarr_io
+    from cvdm_tf.api import Model
 
+    # Through the Python API's model: one compiled sampler for every file and tile.
+    api_model = Model(run_dir, precision=precision, data=data)
+    config, task, model = api_model.config, api_model.task, api_model.network
     if zarr_io.is_ome_zarr(input_path):
-        return _infer_ome_zarr(run_dir, input_path, out_dir, config, task, model, samples, steps, method, seed,
-                               batch_size, tile, precision, progress, physics or {})
+        return _infer_ome_zarr(run_dir, input_path, out_dir, api_model, samples, steps, method, seed,
+                               batch_size, tile, progress, physics or {})
     files = _input_files(input_path, out_dir, task)
     samples = samples or config.sampler.samples
     steps = steps or config.sampler.steps
@@ -127,8 +123,6 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
     multiple = model.model_config.size_multiple
     if tile < multiple:
         raise InputError(f"--tile: must be at least the model's size multiple {multiple}, got {tile}")
-    sampler_config = dataclasses.replace(config.sampler, precision=precision or config.sampler.precision)
-    sampler = sampler_for(model, sampler_config)  # one compiled graph for every file and tile
     progress = progress or InferProgress(len(files))
     progress.batch_size = batch_size
     progress.message(f"K = {samples} samples of T = {steps} {method} steps per image")
@@ -140,8 +134,8 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
         for index, (path, base) in enumerate(files):
             progress.start_file(index, base)
             try:
-                file_task, results = _reconstruct_file(path, base, used, model, task, sampler, samples, steps,
-                                                       method, seed, tile, batch_size, progress, reader_options or {},
+                file_task, results = _reconstruct_file(path, base, used, api_model, samples, steps, method, seed,
+                                                       tile, batch_size, progress, reader_options or {},
                                                        physics or {})
             except InputError as err:
                 report.failed.append(str(err))
@@ -164,15 +158,15 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
     return report
 
 
-def _infer_ome_zarr(run_dir, input_path, out_dir, config, task, model, samples, steps, method, seed, batch_size,
-                    tile, precision, progress, physics) -> InferReport:
+def _infer_ome_zarr(run_dir, input_path, out_dir, api_model, samples, steps, method, seed, batch_size, tile,
+                    progress, physics) -> InferReport:
     """An OME-Zarr field, block by block (`zarr_io.reconstruct_field`), into NAME_mean / _std / _schedule.ome.zarr
     (written as hidden folders, renamed once complete)."""
     import shutil
 
     from cvdm_tf import zarr_io
-    from cvdm_tf.sampler import sampler_for
 
+    config, task = api_model.config, api_model.task
     samples = samples or config.sampler.samples
     steps = steps or config.sampler.steps
     method = method or config.sampler.method
@@ -191,7 +185,6 @@ def _infer_ome_zarr(run_dir, input_path, out_dir, config, task, model, samples, 
         if path.exists():
             raise InputError(f"{path}: exists (remove it first)")
     partial = {key: path.with_name(f".{path.name}.partial") for key, path in final.items()}
-    sampler = sampler_for(model, dataclasses.replace(config.sampler, precision=precision or config.sampler.precision))
     progress = progress or InferProgress(1)
     progress.message(f"K = {samples} samples of T = {steps} {method} steps per block of the field")
     progress.start_file(0, name)
@@ -200,9 +193,9 @@ def _infer_ome_zarr(run_dir, input_path, out_dir, config, task, model, samples, 
     description = "; ".join(part for part in (made_by, task.describe_physics()) if part)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     try:
-        zarr_io.reconstruct_field(model, task, field, partial, samples, steps, method, seed, tile, batch_size,
-                                  sampler, pixel_size_um=task.output_pixel_size_um, description=description,
-                                  progress=progress.tiles)
+        zarr_io.reconstruct_field(api_model.network, task, field, partial, samples, steps, method, seed, tile,
+                                  batch_size, api_model.sampler, pixel_size_um=task.output_pixel_size_um,
+                                  description=description, progress=progress.tiles)
         for key in zarr_io.OUTPUTS:
             os.replace(partial[key], final[key])
     finally:
@@ -214,12 +207,12 @@ def _infer_ome_zarr(run_dir, input_path, out_dir, config, task, model, samples, 
     return report
 
 
-def _reconstruct_file(path, base, used, model, task, sampler, samples, steps, method, seed, tile, batch_size,
-                      progress, reader_options, physics):
+def _reconstruct_file(path, base, used, api_model, samples, steps, method, seed, tile, batch_size, progress,
+                      reader_options, physics):
     """(the file's task, [(name, raw, result)] for every image of one file: a stack gives NAME_000, NAME_001, ...);
     all or nothing. The task carries the file's physics (given, or from its metadata), checked against the
     model's range before anything is sampled."""
-    task, images = task.read_file(path, message=progress.message, physics=physics, **reader_options)
+    task, images = api_model.task.read_file(path, message=progress.message, physics=physics, **reader_options)
     try:
         task.check_physics()
     except InputError as err:
@@ -229,9 +222,9 @@ def _reconstruct_file(path, base, used, model, task, sampler, samples, steps, me
         try:
             # Sampled in chunks of about a tenth of the steps (the same samples as one call), so the progress
             # line moves within a tile.
-            result = reconstruct(model, task, raw, samples=samples, steps=steps, method=method, seed=seed,
-                                 tile=tile, batch_size=batch_size, progress=progress.tiles, sampler=sampler,
-                                 chunk=max(1, steps // 10), step_progress=progress.steps)
+            result = api_model.reconstruct(task, raw, samples=samples, steps=steps, method=method, seed=seed,
+                                           tile=tile, batch_size=batch_size, progress=progress.tiles,
+                                           chunk=max(1, steps // 10), step_progress=progress.steps)
         except InputError as err:
             where = f"{path} [image {number}]" if len(images) > 1 else f"{path}"
             raise InputError(f"{where}: {err}") from None
