@@ -21,6 +21,7 @@ chunk and adds nothing.
 
 from __future__ import annotations
 
+import gc
 import threading
 from dataclasses import dataclass
 
@@ -266,10 +267,17 @@ class ReconstructWidget(Container):
             self._relay.progress.emit(fraction, f"{job.name}: tile {min(state['tiles'] + 1, state['total'])}/"
                                                 f"{state['total']}, step {done}/{total}")
 
-        prediction = model.predict(job.data, samples=job.samples, steps=job.steps or None, method=job.method,
-                                   seed=job.seed, tile=job.tile, batch_size=batch_size, z_step_um=job.z_step_um,
-                                   plane=job.plane, message=self._relay.message.emit, progress=tiles_done,
-                                   chunk=CHUNK_STEPS, step_progress=steps_done, name=job.name, **physics)
+        try:
+            prediction = model.predict(job.data, samples=job.samples, steps=job.steps or None, method=job.method,
+                                       seed=job.seed, tile=job.tile, batch_size=batch_size, z_step_um=job.z_step_um,
+                                       plane=job.plane, message=self._relay.message.emit, progress=tiles_done,
+                                       chunk=CHUNK_STEPS, step_progress=steps_done, name=job.name, **physics)
+        finally:
+            # Only numpy arrays go back to the GUI thread, and this run's TensorFlow garbage (tensors in reference
+            # cycles of the sampling closures) is freed here, not by a garbage collection that happens to run on
+            # the GUI thread while the next run's worker is inside a TensorFlow op: the suspected cause of the
+            # reported hang of a second Reconstruct within 30 s (not reproduced headless, where no viewer draws).
+            gc.collect()
         return job, prediction
 
     def _check_cancel(self):
