@@ -97,10 +97,7 @@ def _test_measurement(run_dir, task, config, test_input) -> np.ndarray:
     if test_input is not None:
         _, images = task.read_file(test_input)
         return np.asarray(images[0], np.float32)
-    check_task = builtin.check_task(run_dir, task)
-    noise = getattr(config.data, "noise", "none")  # sr4x has no noise model
-    cases = check_task.eval_cases(builtin.heldout(run_dir), noise, builtin.card(run_dir)["check"]["seed"])
-    return np.asarray(cases[0].measurement, np.float32)
+    return builtin.sample_measurement(run_dir)[1]
 
 
 def _weights(model, task, config, sampler, seed, raw, work: Path):

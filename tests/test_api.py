@@ -86,3 +86,20 @@ def test_kept_samples_make_up_the_mean_and_std_on_the_2x_grid():
     np.testing.assert_allclose(out.samples.mean(axis=0), out.mean, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(out.samples.std(axis=0, ddof=1), out.std, rtol=1e-3, atol=1e-2)
     assert out.pixel_size_um == pytest.approx(model.task.output_pixel_size_um)
+
+
+def test_the_readme_example_runs(tmp_path):
+    """examples/predict.py, as a user runs it: the phase of the sample frame in radians, written as OME-TIFF."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cvdm_tf.data.stacks import pixel_size_um
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "predict.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "phase.tif")], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "phase 64 x 64 px of 0.21 um" in proc.stdout and " rad, mean std " in proc.stdout
+    assert tifffile.imread(tmp_path / "phase.tif").shape == (64, 64)
+    assert pixel_size_um(tmp_path / "phase.tif") == pytest.approx(0.21)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from cvdm_tf.errors import InputError
 
 if sys.version_info >= (3, 11):
@@ -58,6 +60,19 @@ def card(spec) -> dict:
 def heldout(spec) -> Path:
     """The small held-out set of a built-in model's card check (a folder `cvdm-tf eval --data` reads)."""
     return folder(spec) / "heldout"
+
+
+def sample_measurement(spec):
+    """(task, raw measurement [h, w, C]) of the first case of a built-in model's held-out set, made as its card's
+    check makes it (no weights loaded): something to try a model on (napari's sample data, the example)."""
+    from cvdm_tf.config import load_config
+    from cvdm_tf.tasks import make_task
+
+    config = load_config(folder(spec) / "config.toml")
+    task = check_task(spec, make_task(config.task, config.data))
+    noise = getattr(config.data, "noise", "none")  # sr4x has no noise model
+    cases = task.eval_cases(heldout(spec), noise, card(spec)["check"]["seed"])
+    return task, np.asarray(cases[0].measurement, np.float32)
 
 
 def load(spec):

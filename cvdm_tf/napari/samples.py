@@ -7,22 +7,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def measurement(name: str):
-    """(task, raw measurement [h, w, C]) of the first held-out case of `builtin:NAME` (no weights loaded)."""
-    from cvdm_tf import builtin
-    from cvdm_tf.config import load_config
-    from cvdm_tf.tasks import make_task
-
-    spec = builtin.PREFIX + name
-    config = load_config(builtin.folder(spec) / "config.toml")
-    task = builtin.check_task(spec, make_task(config.task, config.data))
-    noise = getattr(config.data, "noise", "none")  # sr4x has no noise model
-    cases = task.eval_cases(builtin.heldout(spec), noise, builtin.card(spec)["check"]["seed"])
-    return task, np.asarray(cases[0].measurement, np.float32)
-
-
 def _layer(name: str, title: str, channels_first: bool = False, rgb: bool = False) -> list[tuple]:
-    task, raw = measurement(name)
+    from cvdm_tf import builtin
+
+    task, raw = builtin.sample_measurement(builtin.PREFIX + name)
     pixel = task.output_pixel_size_um * task.scale if task.output_pixel_size_um else None
     data = np.moveaxis(raw, -1, 0) if channels_first else raw[..., 0] if raw.shape[-1] == 1 else raw
     kwargs = {"name": title, "metadata": {"cvdm_tf_model": f"builtin:{name}"}}
