@@ -127,8 +127,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
     progress.batch_size = batch_size
     progress.message(f"K = {samples} samples of T = {steps} {method} steps per image")
     report = InferReport(out_dir=out_dir, files=len(files))
-    made_by = (f"cvdm-tf {__version__} infer: model {os.fspath(run_dir)}, K = {samples} samples of T = {steps} "
-               f"{method} steps, seed {seed}")
+    made_by = _made_by(run_dir, samples, steps, method, seed)
     used: set[str] = set()
     try:
         for index, (path, base) in enumerate(files):
@@ -158,6 +157,12 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
     return report
 
 
+def _made_by(run_dir, samples, steps, method, seed) -> str:
+    """What made the outputs, for their metadata."""
+    return (f"cvdm-tf {__version__} infer: model {os.fspath(run_dir)}, K = {samples} samples of T = {steps} "
+            f"{method} steps, seed {seed}")
+
+
 def _infer_ome_zarr(run_dir, input_path, out_dir, api_model, samples, steps, method, seed, batch_size, tile,
                     progress, physics) -> InferReport:
     """An OME-Zarr field, block by block (`zarr_io.reconstruct_field`), into NAME_mean / _std / _schedule.ome.zarr
@@ -167,6 +172,9 @@ def _infer_ome_zarr(run_dir, input_path, out_dir, api_model, samples, steps, met
     from cvdm_tf import zarr_io
 
     config, task = api_model.config, api_model.task
+    if task.target_channels != 1:
+        raise InputError(f"{os.fspath(input_path)}: OME-Zarr fields are for one-channel outputs (QPI, BioSR); "
+                         f"this {task.name} model makes {task.target_channels}")
     samples = samples or config.sampler.samples
     steps = steps or config.sampler.steps
     method = method or config.sampler.method
@@ -188,8 +196,7 @@ def _infer_ome_zarr(run_dir, input_path, out_dir, api_model, samples, steps, met
     progress = progress or InferProgress(1)
     progress.message(f"K = {samples} samples of T = {steps} {method} steps per block of the field")
     progress.start_file(0, name)
-    made_by = (f"cvdm-tf {__version__} infer: model {os.fspath(run_dir)}, K = {samples} samples of T = {steps} "
-               f"{method} steps, seed {seed}")
+    made_by = _made_by(run_dir, samples, steps, method, seed)
     description = "; ".join(part for part in (made_by, task.describe_physics()) if part)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     try:

@@ -129,8 +129,7 @@ def reconstruct_field(model, task, field, out_paths: dict, samples: int, steps: 
     Returns:
         dict key -> the output zarr arrays.
     """
-    from cvdm_tf.inference import reconstruct
-    from cvdm_tf.tiling import blend_window
+    import shutil
 
     height, width = field.shape[-2:]
     scale = task.scale
@@ -143,6 +142,29 @@ def reconstruct_field(model, task, field, out_paths: dict, samples: int, steps: 
     # The weights' sum, kept beside the outputs while they are written (removed at the end).
     weights_path = Path(out_paths["mean"]).with_name(f".{Path(out_paths['mean']).name}.weights")
     weights = create_output(weights_path, shape, None, "weights")
+    try:
+        _blend_blocks(model, task, field, outputs, weights, rows, cols, (bh, bw), overlap, samples, steps, method,
+                      seed, tile, batch_size, sampler, progress)
+        # Weighted sums -> weighted means, one chunk row at a time.
+        for top in range(0, shape[0], CHUNK):
+            rows_slice = slice(top, min(top + CHUNK, shape[0]))
+            weight = np.maximum(np.asarray(weights[rows_slice]), 1e-12)
+            for key in OUTPUTS:
+                outputs[key][rows_slice] = np.asarray(outputs[key][rows_slice]) / weight
+    finally:
+        shutil.rmtree(weights_path, ignore_errors=True)
+    return outputs
+
+
+def _blend_blocks(model, task, field, outputs, weights, rows, cols, block_shape, overlap, samples, steps, method,
+                  seed, tile, batch_size, sampler, progress):
+    """Each block reconstructed, aligned (offset-free outputs) and added, weighted, to the outputs' sums."""
+    from cvdm_tf.inference import reconstruct
+    from cvdm_tf.tiling import blend_window
+
+    height, width = field.shape[-2:]
+    bh, bw = block_shape
+    scale = task.scale
     aligned = "mean" in task.offset_free_outputs
     total, done = len(rows) * len(cols), 0
     for r in rows:
@@ -167,13 +189,3 @@ def reconstruct_field(model, task, field, out_paths: dict, samples: int, steps: 
             done += 1
             if progress is not None:
                 progress(done, total)
-    # Weighted sums -> weighted means, one chunk row at a time.
-    for top in range(0, shape[0], CHUNK):
-        rows_slice = slice(top, min(top + CHUNK, shape[0]))
-        weight = np.maximum(np.asarray(weights[rows_slice]), 1e-12)
-        for key in OUTPUTS:
-            outputs[key][rows_slice] = np.asarray(outputs[key][rows_slice]) / weight
-    import shutil
-
-    shutil.rmtree(weights_path, ignore_errors=True)
-    return outputs
