@@ -9,7 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cli.main import main
+from cvdm_tf.cli.main import main
 
 
 @pytest.mark.slow
