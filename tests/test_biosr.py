@@ -256,8 +256,10 @@ def test_bad_trees_fail_training_before_anything_is_written(tmp_path, problem):
     result = _invoke("train", "--task", "biosr", "--data", tmp_path / "data", "--out", out, "--steps", 1,
                      "--image-size", 16)
     assert result.exit_code == 2, result.output
-    assert result.stderr.count("\n") == 1
-    assert ("SIM_gt.mrc" in result.stderr) if problem == "no-target" else ("not 2x" in result.stderr)
+    # The line that says training starts (options and config were good), then the one error line.
+    starting, error = result.stderr.splitlines()
+    assert starting.startswith(f"starting biosr training in {out}") and error.startswith("error: ")
+    assert ("SIM_gt.mrc" in error) if problem == "no-target" else ("not 2x" in error)
     assert not out.exists()
 
 

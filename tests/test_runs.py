@@ -213,10 +213,13 @@ def test_the_last_n_checkpoints_are_kept(runs):
 def test_train_says_what_it_trains_and_resumes(runs):
     reference, run, info = runs
     images = r"\d+ training \+ [1-9]\d* validation images"  # as many as this scikit-image embeds
-    first = info["interrupt_log"].splitlines()[0]
+    # The first line comes once the options and config are checked; the second once the data and model are ready.
+    starting, first = info["interrupt_log"].splitlines()[:2]
+    assert starting == f"starting qpi training in {run}: loading the data and building the model ..."
     assert re.fullmatch(rf"training qpi \(learned schedule\) on {images}, 16 x 16 crops, batch 2, {STEPS} steps, "
                         rf"run folder {re.escape(str(run))}", first), first
-    first = info["resumed_log"].splitlines()[0]
+    starting, first = info["resumed_log"].splitlines()[:2]
+    assert starting == f"resuming qpi training in {run}: loading the data and building the model ..."
     assert re.fullmatch(rf"resuming qpi \(learned schedule\) on {images}, 16 x 16 crops, batch 2, "
                         rf"steps {info['interrupt_step']} -> {STEPS}, run folder {re.escape(str(run))}", first), first
     assert info["final_log"].strip().splitlines()[-1] == f"done: {STEPS} steps, run folder {run}"
