@@ -33,8 +33,7 @@ import numpy as np
 from cvdm_tf import __version__
 from cvdm_tf.errors import InputError
 
-CVDM_PAPER = ("Della Maggiora, G., Croquevielle, L. A., Deshpande, N., Horsley, H., Heinis, T., Yakimovich, A. "
-              "(2024). Conditional Variational Diffusion Models. ICLR 2024.")
+CVDM_PAPER = "Della Maggiora, G. et al. (2024). Conditional Variational Diffusion Models. ICLR 2024."
 CVDM_DOI = "10.48550/arXiv.2312.02246"
 # Same seed, same float32 graph: equal on one machine; another CPU's kernels may round differently.
 TOLERANCE = dict(relative_tolerance=1e-3, absolute_tolerance=1e-3, mismatched_elements_per_million=100)

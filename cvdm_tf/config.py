@@ -158,6 +158,9 @@ class TrainConfig:
             raise InputError(f"train.validation_fraction: must be in [0, 1), got {self.validation_fraction}")
         check_positive("train.validation_batches", self.validation_batches)
         check_choice("train.precision", self.precision, PRECISIONS)
+        if self.gradient_clip_per_network and self.precision == "mixed_float16":
+            raise InputError("train.gradient_clip_per_network: not with mixed_float16 (the train step would clip "
+                             "loss-scaled gradients); use float32 or mixed_bfloat16")
         if not 0 <= self.seed < 2**31:
             raise InputError(f"train.seed: must be in [0, 2**31), got {self.seed}")
 

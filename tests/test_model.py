@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from cvdm_tf.config import Config
+from cvdm_tf.errors import InputError
 from cvdm_tf.model import CVDM, LOSS_TERMS, build_model, computing_in, ema_weights, make_optimizer
 from cvdm_tf.sampler import Sampler
 
@@ -117,6 +118,8 @@ def test_per_network_clipping_keeps_the_mean_networks_gradient_from_the_diffusio
     expected = tf.linalg.global_norm([g for g, v in zip(gradients, variables) if id(v) in mean_ids])
     np.testing.assert_allclose(float(mean_norm), float(expected), rtol=1e-6)  # under the clip: untouched
     np.testing.assert_allclose(float(rest_norm), 1.0, rtol=1e-5)
+    with pytest.raises(InputError, match="not with mixed_float16"):
+        config.replace(train={"precision": "mixed_float16"})
 
 
 def test_gradients_stay_finite_when_gamma_underflows():
