@@ -119,7 +119,6 @@ class Model:
                           samples=squeeze(result["samples"]) if keep_samples else None,
                           unit=task.target_unit, pixel_size_um=task.output_pixel_size_um)
 
-
     def reconstruct(self, task, raw, samples: int | None = None, steps: int | None = None, method: str | None = None,
                     seed: int = 0, **options) -> dict:
         """`inference.reconstruct` of one raw measurement [h, w, C] already read by `task` (e.g. `task.read_file`,

@@ -134,7 +134,7 @@ def _describe(run_dir, config, task, model, sampler, seed, raw, output, weights,
     readme.write_text(_readme(run_dir, config, task, sampler, seed), encoding="utf-8")
 
     multiple = model.model_config.size_multiple
-    pixel_in = task.output_pixel_size_um * task.scale if task.output_pixel_size_um else None
+    pixel_in = task.measurement_pixel_size_um
     space = dict(unit="micrometer") if pixel_in else {}
 
     def input_axis(axis):

@@ -178,11 +178,9 @@ def _infer_ome_zarr(run_dir, input_path, out_dir, api_model, samples, steps, met
     samples = samples or config.sampler.samples
     steps = steps or config.sampler.steps
     method = method or config.sampler.method
+    progress = progress or InferProgress(1)
     field, stated = zarr_io.open_field(input_path, task.measurement_channels)
-    given = {key: value for key, value in physics.items() if value is not None}
-    if stated is not None and "pixel_size_um" not in given:
-        task = task.with_stated_pixel_size(stated, input_path)
-    task = task.with_physics(**given)
+    task = task.for_measurement(physics, stated, input_path, progress.message)
     try:
         task.check_physics()
     except InputError as err:
@@ -193,7 +191,6 @@ def _infer_ome_zarr(run_dir, input_path, out_dir, api_model, samples, steps, met
         if path.exists():
             raise InputError(f"{path}: exists (remove it first)")
     partial = {key: path.with_name(f".{path.name}.partial") for key, path in final.items()}
-    progress = progress or InferProgress(1)
     progress.message(f"K = {samples} samples of T = {steps} {method} steps per block of the field")
     progress.start_file(0, name)
     made_by = _made_by(run_dir, samples, steps, method, seed)

@@ -11,7 +11,7 @@ def _layer(name: str, title: str, channels_first: bool = False, rgb: bool = Fals
     from cvdm_tf import builtin
 
     task, raw = builtin.sample_measurement(builtin.PREFIX + name)
-    pixel = task.output_pixel_size_um * task.scale if task.output_pixel_size_um else None
+    pixel = task.measurement_pixel_size_um
     data = np.moveaxis(raw, -1, 0) if channels_first else raw[..., 0] if raw.shape[-1] == 1 else raw
     kwargs = {"name": title, "metadata": {"cvdm_tf_model": f"builtin:{name}"}}
     if rgb:

@@ -294,14 +294,6 @@ class ReconstructWidget(Container):
         return self._loaded
 
 
-def _tile_count(height, width, tile):
-    """The number of tiles `tiled_apply` cuts an image into (its default overlap: a quarter tile)."""
-    from cvdm_tf.tiling import tile_starts
-
-    tile_h, tile_w = min(tile, height), min(tile, width)
-    return len(tile_starts(height, tile_h, tile_h // 4)) * len(tile_starts(width, tile_w, tile_w // 4))
-
-
 def _output_pixel(job, task):
     """The output pixel size when the task does not know it: the layer's pixel size over the task's scale."""
     return job.pixel_size_um / task.scale if job.pixel_size_um else None

@@ -144,6 +144,11 @@ class Task:
         """Pixel size of the outputs (written into the TIFFs), or None when unknown."""
         return None
 
+    @property
+    def measurement_pixel_size_um(self) -> float | None:
+        """Pixel size of the measurement (the output grid's times `scale`), or None when unknown."""
+        return self.output_pixel_size_um * self.scale if self.output_pixel_size_um else None
+
     def describe_measurement(self) -> str:
         """What `infer --input` expects, for error messages."""
         return f"{self.measurement_channels}-channel images"
@@ -193,10 +198,26 @@ class Task:
         """An InputError when the measurement's physics lies outside what the model was trained on."""
 
     def read_file(self, path, message: Callable | None = None, physics: dict | None = None, **options):
-        """(task, measurements) of one input file: the task for the file's physics (`physics`: values given by the
-        user, None where not; a task may read the rest from the file's metadata), and its raw measurements."""
-        task = self.with_physics(**(physics or {}))
+        """(task, measurements) of one input file: the task for the file's physics (`for_measurement`: `physics`
+        as given by the user, None where not; else the pixel size the file's metadata states), and its raw
+        measurements."""
+        task = self.for_measurement(physics, stated_pixel_size_um(path), path, message)
         return task, task.read_measurements(path, message=message, **options)
+
+    def for_measurement(self, physics: dict | None = None, stated_pixel_size_um: float | None = None, source=None,
+                        message: Callable | None = None) -> "Task":
+        """This task for one measurement: the physics the user gave (`physics`, None values ignored) win; else a
+        pixel size the measurement's metadata states (`with_stated_pixel_size`); else the run's. Not
+        range-checked (`check_physics`)."""
+        given = {key: value for key, value in (physics or {}).items() if value is not None}
+        task = self
+        if stated_pixel_size_um is not None and "pixel_size_um" not in given:
+            task = self.with_stated_pixel_size(stated_pixel_size_um, source)
+            trained = self.measurement_pixel_size_um
+            if message and trained and not np.isclose(stated_pixel_size_um, trained, rtol=1e-3):
+                hint = " (--pixel-size overrides it)" if "pixel_size_um" in self.physics_keys else ""
+                message(f"{source}: pixel size {stated_pixel_size_um:g} um, from its metadata{hint}")
+        return task.with_physics(**given)
 
     # --- after sampling ---
     @property
@@ -269,3 +290,13 @@ class Task:
 
     #: Column of the report tables: (key, header, format).
     score_columns: tuple = ()
+
+
+def stated_pixel_size_um(path) -> float | None:
+    """The pixel size (um) a TIFF's metadata states (OME, ImageJ, TIFF resolution in a length unit; from the
+    header alone), None for other files or none stated."""
+    from pathlib import Path
+
+    from cvdm_tf.data import stacks
+
+    return stacks.pixel_size_um(path) if Path(path).suffix.lower() in (".tif", ".tiff") else None

@@ -30,8 +30,8 @@ prediction by decorrelation analysis.
 
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,15 +231,6 @@ class BioSRTask(Task):
     # A widefield pixel size in a file's metadata may differ from the model's by this much (relative): the PSF
     # in pixels, which the model has learned, is then within this of the one it was trained on.
     PIXEL_SIZE_TOLERANCE = 0.05
-
-    def read_file(self, path, message=None, physics=None, **options):
-        """(task, [widefield]) of one file, the task labelled with the widefield pixel size its metadata states
-        (OME, ImageJ, TIFF resolution; `with_stated_pixel_size`)."""
-        from cvdm_tf.data import stacks
-
-        task, images = super().read_file(path, message=message, physics=physics, **options)
-        stated = stacks.pixel_size_um(path) if Path(path).suffix.lower() in (".tif", ".tiff") else None
-        return (task if stated is None else task.with_stated_pixel_size(stated, path)), images
 
     def with_stated_pixel_size(self, pixel_size_um, source):
         """The outputs get half the stated widefield pixel; one that differs from the model's by more than

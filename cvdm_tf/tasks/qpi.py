@@ -55,7 +55,7 @@ from cvdm_tf.physics.noise_estimate import immerkaer_sigma
 from cvdm_tf.physics.tie import (frame_regularization, noise_adaptive_regularization, tie_dct, tie_dirichlet, tie_fft,
                                  tie_padded, tie_us, tune_regularization)
 from cvdm_tf.tasks import TASK_OPTIONS
-from cvdm_tf.tasks.base import Baseline, Case, Task
+from cvdm_tf.tasks.base import Baseline, Case, Task, stated_pixel_size_um
 
 # Intensity contrast of the QPI pairs is a few percent to tens of percent; this gain brings it to order one.
 CONDITION_GAIN = 4.0
@@ -524,16 +524,7 @@ class QPITask(Task):
             2. else the pixel size the file's metadata states (OME, ImageJ, TIFF resolution in a length unit);
             3. else the run's;
         and for a through-focus z-stack the defocus of the planes actually paired (the nearest to +-defocus)."""
-        from cvdm_tf.data import stacks
-
-        given = {key: value for key, value in (physics or {}).items() if value is not None}
-        if "pixel_size_um" not in given and Path(path).suffix.lower() in (".tif", ".tiff"):
-            stored = stacks.pixel_size_um(path)
-            if stored is not None:
-                given["pixel_size_um"] = stored
-                if message and not np.isclose(stored, self.data.pixel_size_um, rtol=1e-3):
-                    message(f"{path}: pixel size {stored:g} um, from its metadata (--pixel-size overrides it)")
-        task = self.with_physics(**given)
+        task = self.for_measurement(physics, stated_pixel_size_um(path), path, message)
         stack = task._through_focus(path, z_step_um, None, focus, message)
         if stack is None:
             return task, sources.read_stack(path)
