@@ -10,7 +10,9 @@ camera), each cut into `--per-side`^2 tiles of `--size` px around its centre (or
 Each tile is downsampled 4x with the run's kernel (antialiased, 8-bit), reconstructed by every `--model` run
 (CVDM; CDDPM = a run trained with `--schedule linear` or `cosine`; the regression U-Net = `--kind regression`:
 labelled from their configs) and by bicubic upsampling. Metrics as `cvdm-tf eval --task sr4x`: PSNR / SSIM on
-RGB in [0, 255] and on the ITU-R BT.601 luma Y, a 4 px border shaved, the estimate rounded to 8 bits.
+RGB in [0, 255] and on the ITU-R BT.601 luma Y, a 4 px border shaved, the estimate rounded to 8 bits; the
+spectral error of the luma (dB), which a smooth estimate loses and a posterior sample should not. Each diffusion
+run is scored twice: the mean of its K samples, and its first sample alone ("one sample").
 """
 
 from __future__ import annotations
@@ -34,8 +36,6 @@ from cvdm_tf.tasks.sr4x import EVAL_IMAGES, embedded_color_images, to_channels  
 
 # The paper's Table 4 (ImageNet 64 -> 256, 4x): PSNR / SSIM.
 PAPER = (("CVDM", 26.38, 0.76), ("SR3", 26.40, 0.76), ("DDRM", 26.55, 0.74))
-COLUMNS = (("psnr_rgb", "PSNR RGB", ".2f"), ("ssim_rgb", "SSIM RGB", ".4f"), ("psnr_y", "PSNR Y", ".2f"),
-           ("ssim_y", "SSIM Y", ".4f"))
 
 
 def held_out_cases(task, size: int, per_side: int) -> list[Case]:
@@ -81,6 +81,7 @@ def main(argv=None):
 
     runs = [load_run(path) for path in args.model]
     config, task, _ = runs[0]
+    columns = task.score_columns
     cases = task.eval_cases(args.data, "none", 0) if args.data else held_out_cases(task, args.size, args.per_side)
     rows, seconds = {}, {}
     for (run_config, _, model), path in zip(runs, args.model):
@@ -88,12 +89,16 @@ def main(argv=None):
         if name in seconds:  # two runs of one kind: each its own row
             name = f"{name} ({path})"
         sampler = sampler_for(model, run_config.sampler)
+        diffusion = run_config.model.kind != "regression"
         began = time.process_time()
         for case in cases:
             out = reconstruct(model, task, case.measurement, samples=args.samples,
                               steps=args.steps or run_config.sampler.steps,
-                              method=args.sampler or run_config.sampler.method, seed=0, sampler=sampler)
+                              method=args.sampler or run_config.sampler.method, seed=0, sampler=sampler,
+                              keep_samples=diffusion)
             rows.setdefault(name, []).append(task.score(out["mean"], case.truth))
+            if diffusion:  # what a posterior sample should win: the truth's texture (spectral error)
+                rows.setdefault(f"{name}, one sample", []).append(task.score(out["samples"][0], case.truth))
         seconds[name] = (time.process_time() - began) / len(cases)
     for name, make in task.baselines().items():
         baseline = make()
@@ -105,15 +110,18 @@ def main(argv=None):
     lines = ["# 4x super-resolution of natural images: CVDM and baselines\n",
              f"`python benchmarks/sr_table.py {' '.join(argv or sys.argv[1:])}`\n",
              f"{where}; {config.data.resampling} 4x downsampling (antialiased, 8 bits); K = {args.samples} samples, "
-             f"their mean scored. PSNR / SSIM on RGB in [0, 255] and on the BT.601 luma Y, 4 px border shaved. "
+             f"their mean scored (and each diffusion run's first sample alone: \"one sample\"). PSNR / SSIM on RGB in "
+             "[0, 255] and on the BT.601 luma Y, 4 px border shaved; spectral error: mean |10 log10| of the ratio of "
+             "the luma's radially averaged power spectra, 1/16 of Nyquist to Nyquist. "
              "CPU seconds per tile: " + ", ".join(f"{name} {value:.1f}" for name, value in seconds.items()) + "\n",
-             "| method | " + " | ".join(header for _, header, _ in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
+             "| method | " + " | ".join(header for _, header, _ in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
     for name, scores in rows.items():
-        cells = [format(float(np.mean([s[key] for s in scores])), fmt) for key, _, fmt in COLUMNS]
+        cells = [format(float(np.mean([s[key] for s in scores])), fmt) for key, _, fmt in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for name, psnr, ssim in PAPER:
-        lines.append(f"| *paper Table 4: {name} (ImageNet 64 -> 256)* | {psnr:.2f} | {ssim:.2f} | | |")
+        lines.append(f"| *paper Table 4: {name} (ImageNet 64 -> 256)* | {psnr:.2f} | {ssim:.2f} |"
+                     + " |" * (len(columns) - 2))
     lines.append("\nThe paper's numbers (in the PSNR / SSIM RGB columns; the paper does not say whether on RGB or Y) "
                  "are for ImageNet at 256 px with the SR3 architecture trained on GPUs; the rows above are CPU-sized "
                  "models trained for minutes, tested on three held-out photographs: for scale only.")
@@ -123,7 +131,7 @@ def main(argv=None):
         Path(args.out).write_text(text)
     if args.json:
         Path(args.json).write_text(json.dumps({name: {key: float(np.mean([s[key] for s in scores]))
-                                                      for key, _, _ in COLUMNS} for name, scores in rows.items()}))
+                                                      for key, _, _ in columns} for name, scores in rows.items()}))
     return 0
 
 

@@ -212,6 +212,51 @@ def test_decorrelation_input_checks(rng):
 # === Uncertainty quality ===
 
 
+def test_radial_power_spectrum_is_parseval_and_a_ring_average(rng):
+    # A cosine at 0.25 cycles / px (half of Nyquist) on a periodic grid: all its power in the ring at 0.5, and
+    # the rings together hold what Parseval says the image holds (sum of squares, in the spatial domain).
+    x = np.arange(128)
+    wave = 3.0 * np.cos(2 * np.pi * 0.25 * x)[None, :] * np.ones((128, 1))
+    k, power = metrics.radial_power_spectrum(wave, rings=32, apodization_px=0)
+    assert k[np.nanargmax(power)] == pytest.approx(0.5, abs=1 / 32)
+    radius = np.hypot(np.fft.fftfreq(128)[:, None] / 0.5, np.fft.fftfreq(128)[None, :] / 0.5)
+    counts = np.bincount(np.floor(radius[(radius > 0) & (radius < 1)] * 32).astype(int), minlength=32)
+    assert np.nansum(power * counts) == pytest.approx(np.sum(wave**2), rel=1e-9)
+    # Any field: each ring's value is the mean of |F|^2 / N over its frequencies (scipy.ndimage's labelled mean).
+    field = rng.normal(size=(64, 48))
+    k, power = metrics.radial_power_spectrum(field, rings=16, apodization_px=0)
+    spectrum = np.abs(np.fft.fft2(field - field.mean())) ** 2 / field.size
+    radius = np.hypot(np.fft.fftfreq(64)[:, None] / 0.5, np.fft.fftfreq(48)[None, :] / 0.5)
+    labels = np.where((radius > 0) & (radius < 1), np.floor(radius * 16).astype(int) + 1, 0)
+    assert power == pytest.approx(ndimage.mean(spectrum, labels, np.arange(1, 17)), rel=1e-9)
+
+
+def test_white_noise_has_a_flat_spectrum_at_its_variance(rng):
+    k, power = metrics.radial_power_spectrum(2.0 * rng.normal(size=(256, 256)), apodization_px=0)
+    assert power[k > 0.25] == pytest.approx(4.0, rel=0.15)
+
+
+def test_spectral_error_closed_forms_and_blur(rng):
+    truth = rng.normal(size=(128, 128))
+    assert metrics.spectral_error_db(truth, truth) == 0.0
+    assert metrics.spectral_error_db(2.0 * truth, truth) == pytest.approx(20 * np.log10(2.0))
+    # Another draw of the same process (a "sample") is close; a smoothed copy (a "mean") is far, more so the
+    # more it is smoothed.
+    other = metrics.spectral_error_db(rng.normal(size=(128, 128)), truth)
+    blurred = [metrics.spectral_error_db(ndimage.gaussian_filter(truth, s), truth) for s in (0.5, 1.0, 2.0)]
+    assert other < 1.0 < blurred[0] < blurred[1] < blurred[2]
+    # A band-limited truth: an estimate with noise only above its band differs only in the rings above `high`.
+    k = np.hypot(np.fft.fftfreq(128)[:, None] / 0.5, np.fft.fftfreq(128)[None, :] / 0.5)
+    band = lambda field, keep: np.real(np.fft.ifft2(np.fft.fft2(field) * keep))  # noqa: E731
+    limited = band(truth, k < 0.4)
+    noisy = limited + band(rng.normal(size=(128, 128)), k > 0.6)
+    assert metrics.spectral_error_db(noisy, limited, high=0.5) < 0.2 < 10 < metrics.spectral_error_db(noisy, limited)
+    with pytest.raises(InputError):
+        metrics.spectral_error_db(truth, truth[:64])
+    with pytest.raises(InputError, match="one channel"):
+        metrics.radial_power_spectrum(np.zeros((16, 16, 3)))
+
+
 def test_rank_correlation_hand_case():
     # no ties: rho = 1 - 6 sum d^2 / (n (n^2 - 1)), d = rank differences (-1, 1, -1, 1, 0)
     assert metrics.rank_correlation([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(1 - 6 * 4 / 120)

@@ -194,5 +194,5 @@ def test_scores_of_a_perfect_estimate():
     truth = np.random.default_rng(0).uniform(0, 1, (32, 32, 3))
     truth = np.round(truth * 255) / 255
     scores = SR4xTask(DataConfig()).score(truth, truth)
-    assert scores["psnr_rgb"] == float("inf") and scores["ssim_y"] == pytest.approx(1.0)
+    assert scores["psnr_rgb"] == float("inf") and scores["ssim_y"] == pytest.approx(1.0) and scores["spectral_db"] == 0
     assert metrics.psnr(truth, truth, 1.0) == float("inf")

@@ -129,7 +129,8 @@ class BioSRTask(Task):
     condition_channels = 1
     condition_has_estimate = True
     score_columns = (("mae", "MAE", ".4f"), ("psnr", "PSNR", ".2f"), ("ssim", "SSIM", ".4f"),
-                     ("ms_ssim", "MS-SSIM", ".4f"), ("resolution_nm", "resolution (nm)", ".0f"))
+                     ("ms_ssim", "MS-SSIM", ".4f"), ("resolution_nm", "resolution (nm)", ".0f"),
+                     ("spectral_db", "spectral error (dB)", ".2f"))
 
     @property
     def output_pixel_size_um(self) -> float:
@@ -296,12 +297,21 @@ class BioSRTask(Task):
 
     def score(self, estimate, truth):
         """Each image percentile-normalised to [0, 1] (0 / 100, DFCAN's metrics), then MAE, PSNR, SSIM, MS-SSIM
-        (data range 1); the resolution (nm) of the estimate by decorrelation analysis."""
+        (data range 1) and the distance of the power spectra up to the target's band limit (dB,
+        `metrics.spectral_error_db`: how much of the truth's texture a smooth estimate lacks); the resolution (nm)
+        of the estimate by decorrelation analysis."""
         a, b = self.centre(estimate, truth)
         return {"mae": metrics.mae(a, b), "psnr": metrics.psnr(a, b, 1.0), "ssim": metrics.ssim(a, b, 1.0),
                 "ms_ssim": metrics.ms_ssim(a, b, 1.0),
+                "spectral_db": metrics.spectral_error_db(a, b, high=self.target_band_limit),
                 "resolution_nm": metrics.decorrelation_resolution(np.asarray(estimate, np.float64),
                                                                   self.data.pixel_size_um * 1000.0)}
+
+    @property
+    def target_band_limit(self) -> float:
+        """The SIM-like target's OTF cut-off, 2 (2 NA) / lam, as a fraction of the SIM grid's Nyquist frequency:
+        above it the truth holds no signal (0.62 for the default optics)."""
+        return min(1.0, 4.0 * self.data.na / self.data.wavelength_um * 2.0 * self.data.pixel_size_um)
 
     def centre(self, estimate, truth):
         normalize = lambda v: biosr_files.percentile_normalize(np.asarray(v, np.float64), 0.0, 100.0)[0]  # noqa

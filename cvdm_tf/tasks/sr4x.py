@@ -88,7 +88,8 @@ class SR4xTask(Task):
     input_suffixes = FILE_SUFFIXES
     condition_has_estimate = True
     score_columns = (("psnr_rgb", "PSNR RGB", ".2f"), ("ssim_rgb", "SSIM RGB", ".4f"),
-                     ("psnr_y", "PSNR Y", ".2f"), ("ssim_y", "SSIM Y", ".4f"))
+                     ("psnr_y", "PSNR Y", ".2f"), ("ssim_y", "SSIM Y", ".4f"),
+                     ("spectral_db", "spectral error Y (dB)", ".2f"))
 
     def __init__(self, data):
         super().__init__(data)
@@ -281,11 +282,13 @@ class SR4xTask(Task):
         return {"bicubic": lambda: BicubicBaseline()}
 
     def score(self, estimate, truth):
-        """PSNR and SSIM on RGB and on the BT.601 luma Y, in [0, 255], `scale` px border shaved (module doc)."""
+        """PSNR and SSIM on RGB and on the BT.601 luma Y, in [0, 255], `scale` px border shaved (module doc); the
+        distance of the luma's power spectrum from the truth's (dB, `metrics.spectral_error_db`)."""
         a, b = (_shave(_as_image(v)) for v in (np.round(np.clip(estimate, 0, 1) * 255.0), truth * 255.0))
         ya, yb = luma(a / 255.0), luma(b / 255.0)
         return {"psnr_rgb": metrics.psnr(a, b, 255.0), "ssim_rgb": metrics.ssim(a, b, 255.0),
-                "psnr_y": metrics.psnr(ya, yb, 255.0), "ssim_y": metrics.ssim(ya, yb, 255.0)}
+                "psnr_y": metrics.psnr(ya, yb, 255.0), "ssim_y": metrics.ssim(ya, yb, 255.0),
+                "spectral_db": metrics.spectral_error_db(ya, yb)}
 
 
 class BicubicBaseline(Baseline):
