@@ -78,6 +78,8 @@ def main(argv=None):
     parser.add_argument("--data", help="also evaluate on these BioSR files (a BioSR folder or wf/ + gt/ pairs)")
     parser.add_argument("--out", help="markdown file to write (e.g. docs/results-biosr.md)")
     parser.add_argument("--json", help="write the mean scores over all held-out cells here (method -> metric)")
+    parser.add_argument("--median", action="store_true", help="also score the per-pixel median of the K samples "
+                        "(the posterior median: the estimate of least expected absolute error)")
     args = parser.parse_args(argv)
 
     runs = [load_run(path) for path in args.model]
@@ -111,6 +113,9 @@ def main(argv=None):
                 if diffusion:  # what a posterior sample should win: the truth's texture (spectral error)
                     scores.setdefault(f"{name}, one sample", []).append(
                         (case.group, task.score(out["samples"][0, ..., 0], case.truth)))
+                    if args.median:
+                        scores.setdefault(f"{name}, median of K", []).append(
+                            (case.group, task.score(np.median(out["samples"][..., 0], axis=0), case.truth)))
             seconds[name] = (time.process_time() - began) / len(cases)
         for name, baseline in baselines.items():
             for case in cases:
