@@ -106,8 +106,10 @@ def floor(spec, size, repeats):
     nominal = card["samples"] * card["steps"]
     return {"model": spec, "task": config.task, "input": f"{raw.shape[0]} x {raw.shape[1]}", "precision": precision,
             "pass_min_s": pass_min, "pass_median_s": pass_median, "gflop_per_pass": flops / 1e9,
-            "gflops": flops / pass_min / 1e9, "per_field_s": field_min, "card": f"{card['method']} K = {card['samples']}"
-            f" x T = {card['steps']}", "nominal_passes": nominal, "card_wall_s": wall, "card_cpu_s": cpu,
+            "gflops": flops / pass_min / 1e9, "per_field_s": field_min,
+            "card": f"{card['method']} K = {card['samples']} x T = {card['steps']}" + (
+                ", antithetic" if config.sampler.antithetic else ""),
+            "nominal_passes": nominal, "card_wall_s": wall, "card_cpu_s": cpu,
             "effective_passes": wall / pass_min}
 
 

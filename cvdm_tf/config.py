@@ -180,10 +180,14 @@ class SamplerConfig:
     discretisation: str = "exact"
     grid: str = "uniform"
     precision: str = "auto"
+    antithetic: bool = False  # samples in pairs of opposite noise (sampler.py): the mean nears E[x | y] sooner
 
     def __post_init__(self):
         check_positive("sampler.steps", self.steps)
         check_positive("sampler.samples", self.samples)
+        if self.antithetic and self.samples % 2:
+            raise InputError(f"sampler.antithetic draws samples in pairs: sampler.samples must be even, got "
+                             f"{self.samples}")
         check_choice("sampler.method", self.method, SAMPLERS)
         check_choice("sampler.discretisation", self.discretisation, self.DISCRETISATIONS)
         check_choice("sampler.grid", self.grid, self.GRIDS)

@@ -79,7 +79,8 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
                                                             centred_mean, centred_truth))
         # Calibration: is the truth within 1 and 2 std of the mean as often as for a calibrated sampler (Student-t)?
         row["cvdm"].update(metrics.calibration(task.centre_spread(_image(out["std"]), mean),
-                                               centred_mean - centred_truth, samples, seed))
+                                               centred_mean - centred_truth, samples, seed,
+                                               antithetic=config.sampler.antithetic))
         row["cvdm"]["mean_std"] = float(np.mean(out["std"]))
         row["cvdm"]["mean_abs_error"] = float(np.mean(np.abs(centred_mean - centred_truth)))
         for label, (other, other_model, other_sampler) in others.items():

@@ -7,6 +7,8 @@ output folder gets
     NAME_schedule.tif  float32 [H, W]: the schedule magnitude tau(y) * rho(1) (unitless; where the model
                        chose to diffuse harder)
     NAME_preview.png   input (first channel) | mean | std | schedule, each with its colour bar and min / max
+    NAME_median.tif    with `--median`: the per-pixel median of the K samples (the estimate of least expected
+                       absolute error, where the mean is that of least squared error), same units
 
 One image, in order:
     1. read it with the task's reader (the readers refuse NaN/Inf, corrupt files, ...) and check its channel
@@ -69,7 +71,7 @@ class InferReport:
 def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps: int | None = None,
                 method: str | None = None, seed: int = 0, batch_size: int = 4, tile: int = 256,
                 progress=None, reader_options: dict | None = None, precision: str | None = None,
-                data=None, physics: dict | None = None) -> InferReport:
+                data=None, physics: dict | None = None, median: bool = False) -> InferReport:
     """Reconstruct every image of `input_path` (a file or a folder) with the run in `run_dir` into `out_dir`.
 
     Args:
@@ -91,6 +93,8 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
         physics: dict. The measurements' physics (`Task.physics_keys`, QPI: wavelength_um, pixel_size_um,
             defocus_um; None or absent: from each file's metadata, else the run's). Each file's is checked against
             the model's training range; a file outside it fails with one line naming the range.
+        median: bool. Also write NAME_median (the per-pixel median of the K samples: the estimate of least
+            expected absolute error).
 
     Returns:
         InferReport. Bad files are listed in `failed` (also reported through `progress.error`), not raised.
@@ -114,12 +118,18 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
     api_model = Model(run_dir, precision=precision, data=data)
     config, task, model = api_model.config, api_model.task, api_model.network
     if zarr_io.is_ome_zarr(input_path):
+        if median:
+            raise InputError("--median: not available for OME-Zarr fields (they are blended block by block from "
+                             "mean, std and schedule)")
         return _infer_ome_zarr(run_dir, input_path, out_dir, api_model, samples, steps, method, seed,
                                batch_size, tile, progress, physics or {})
     files = _input_files(input_path, out_dir, task)
     samples = samples or config.sampler.samples
     steps = steps or config.sampler.steps
     method = method or config.sampler.method
+    if config.sampler.antithetic and samples % 2:
+        raise InputError(f"--samples {samples}: this model samples in antithetic pairs (sampler.antithetic), so K "
+                         "must be even")
     multiple = model.model_config.size_multiple
     if tile < multiple:
         raise InputError(f"--tile: must be at least the model's size multiple {multiple}, got {tile}")
@@ -135,7 +145,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
             try:
                 file_task, results = _reconstruct_file(path, base, used, api_model, samples, steps, method, seed,
                                                        tile, batch_size, progress, reader_options or {},
-                                                       physics or {})
+                                                       physics or {}, median)
             except InputError as err:
                 report.failed.append(str(err))
                 progress.error(str(err))
@@ -212,7 +222,7 @@ def _infer_ome_zarr(run_dir, input_path, out_dir, api_model, samples, steps, met
 
 
 def _reconstruct_file(path, base, used, api_model, samples, steps, method, seed, tile, batch_size, progress,
-                      reader_options, physics):
+                      reader_options, physics, median=False):
     """(the file's task, [(name, raw, result)] for every image of one file: a stack gives NAME_000, NAME_001, ...);
     all or nothing. The task carries the file's physics (given, or from its metadata), checked against the
     model's range before anything is sampled."""
@@ -228,7 +238,8 @@ def _reconstruct_file(path, base, used, api_model, samples, steps, method, seed,
             # line moves within a tile.
             result = api_model.reconstruct(task, raw, samples=samples, steps=steps, method=method, seed=seed,
                                            tile=tile, batch_size=batch_size, progress=progress.tiles,
-                                           chunk=max(1, steps // 10), step_progress=progress.steps)
+                                           chunk=max(1, steps // 10), step_progress=progress.steps,
+                                           median=median)
         except InputError as err:
             where = f"{path} [image {number}]" if len(images) > 1 else f"{path}"
             raise InputError(f"{where}: {err}") from None
@@ -240,11 +251,13 @@ def _reconstruct_file(path, base, used, api_model, samples, steps, method, seed,
 def write_outputs(out_dir: Path, name: str, raw: np.ndarray, result: dict, unit: str = "",
                   pixel_size_um: float | None = None, description: str = "") -> list[Path]:
     """NAME_mean.tif, NAME_std.tif, NAME_schedule.tif (OME-TIFF: pixel size, channel name with the unit,
-    `description`) and NAME_preview.png, each written atomically."""
+    `description`), NAME_median.tif where `result` has a median, and NAME_preview.png, each written atomically."""
     paths = []
-    channel = {"mean": f"mean ({unit})" if unit else "mean", "std": f"std ({unit})" if unit else "std",
-               "schedule": "schedule (tau rho(1), dimensionless)"}
-    for key in ("mean", "std", "schedule"):
+    channel = {key: f"{key} ({unit})" if unit else key for key in ("mean", "median", "std")}
+    channel["schedule"] = "schedule (tau rho(1), dimensionless)"
+    for key in ("mean", "median", "std", "schedule"):
+        if key not in result:
+            continue
         paths.append(io.write_tiff(out_dir / f"{name}_{key}.tif", result[key], pixel_size_um=pixel_size_um,
                                    channels=[channel[key]], description=description))
     preview = preview_image(raw, result["mean"], result["std"], result["schedule"], unit=unit)
@@ -288,7 +301,7 @@ def _input_files(input_path, out_dir: Path, task) -> list[tuple[Path, str]]:
 def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, method: str = "ddpm",
                 seed: int = 0, tile: int = 256, batch_size: int = 4, progress: Callable | None = None,
                 sampler=None, chunk: int | None = None, step_progress: Callable | None = None,
-                physics: dict | None = None, keep_samples: bool = False) -> dict:
+                physics: dict | None = None, keep_samples: bool = False, median: bool = False) -> dict:
     """Sample the model for one raw measurement and return the result in physical units.
 
     Args:
@@ -308,11 +321,13 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         physics: dict or None. The measurement's physics (`task.physics_keys`; QPI: wavelength_um, pixel_size_um,
             defocus_um in um), None values keeping the task's; checked against the model's training range.
         keep_samples: bool. Also return every sample.
+        median: bool. Also return `median`, the per-pixel median of the K samples: the posterior median, the
+            estimate of least expected absolute error (the mean is that of least squared error).
 
     Returns:
         dict of float32 [H, W, C_target] on the output grid (H = task.scale * h): `mean` and `std` (over the K
         samples) in the task's units (QPI: radians) and `schedule` (tau * rho(1)); with `keep_samples`,
-        `samples` [K, H, W, C_target] in the same units.
+        `samples` [K, H, W, C_target] in the same units; with `median`, `median` in the same units.
 
     Raises:
         InputError: wrong channel count, not an image, values that cannot be normalised, or a tile smaller than
@@ -350,6 +365,9 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         y = np.pad(y, [(0, pad_h), (0, pad_w), (0, 0)], mode="symmetric")
 
     sampler = sampler or sampler_for(model)
+    if getattr(sampler, "antithetic", False) and samples % 2:
+        raise InputError(f"{samples} samples: this model's sampler draws them in antithetic pairs "
+                         "(sampler.antithetic), so K must be even")
     chunking = {"chunk": chunk, "callback": step_progress} if chunk and isinstance(sampler, Sampler) else {}
     calls = [0]
 
@@ -363,7 +381,7 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
             raise InputError(f"out of memory sampling {len(batch)} tile(s) of {batch.shape[1]} x {batch.shape[2]} "
                              "px (try a smaller --batch-size or --tile)") from None
         result = {"mean": out["mean"].numpy(), "std": out["std"].numpy(), "schedule": out["schedule"].numpy()}
-        if task.refines or keep_samples:
+        if task.refines or keep_samples or median:
             # Every sample, as channels [B, h, w, K * C], blended and aligned like the mean.
             drawn = out["samples"].numpy() if "samples" in out else result["mean"][:, None]
             result["samples"] = np.moveaxis(drawn, 1, -2).reshape(drawn.shape[0], *drawn.shape[2:4], -1)
@@ -377,13 +395,14 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
     # std are then taken anew from the refined samples.
     schedule = blended["schedule"][crop].astype(np.float32)
     drawn = None
-    if task.refines or keep_samples:
+    if task.refines or keep_samples or median:
         drawn = blended["samples"][crop]
         drawn = np.moveaxis(drawn.reshape(height, width, -1, model.model_config.target_channels), 2, 0)
         drawn = (drawn * scale + offset).astype(np.float32)
     if task.refines:
         drawn = np.asarray(task.refine(drawn, raw), np.float32)
-        std = drawn.std(axis=0, ddof=1) if len(drawn) > 1 else np.zeros_like(drawn[0])
+        ddof = 0 if getattr(sampler, "antithetic", False) else 1  # antithetic pairs: sampler.py's docstring
+        std = drawn.std(axis=0, ddof=ddof) if len(drawn) > 1 else np.zeros_like(drawn[0])
         result = {"mean": drawn.mean(axis=0), "std": std.astype(np.float32), "schedule": schedule}
     else:
         mean = (blended["mean"][crop] * scale + offset).astype(np.float32)
@@ -391,6 +410,8 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         # expected value, so overlaps do not show up brighter (sqrt of an averaged variance would, by Jensen).
         std = (np.maximum(blended["std"][crop], 0.0) * np.abs(scale)).astype(np.float32)
         result = {"mean": mean, "std": std, "schedule": schedule}
+    if median:
+        result["median"] = np.median(drawn, axis=0).astype(np.float32)
     if keep_samples:
         result["samples"] = drawn
     return result

@@ -541,18 +541,26 @@ def uncertainty_correlations(std_map, schedule_map, prediction, truth):
 # === Calibration of the uncertainty map ===
 
 
-def calibration_targets(samples: int) -> tuple[float, float]:
+def calibration_targets(samples: int, antithetic: bool = False) -> tuple[float, float]:
     """The fractions of pixels a calibrated sampler puts within 1 and 2 std * sqrt(1 + 1/K) of the truth, with
     the std estimated from its K samples (ddof = 1): P(|T| <= 1) and P(|T| <= 2) for a Student-t with K - 1
     degrees of freedom (cvdm-math.md section 10): 0.50 / 0.70 at K = 2, 0.61 / 0.86 at 4, 0.65 / 0.91 at 8,
-    0.667 / 0.936 at 16, the Gaussian 0.683 / 0.954 only as K grows. NaN for K < 2 (no std)."""
+    0.667 / 0.936 at 16, the Gaussian 0.683 / 0.954 only as K grows. NaN for K < 2 (no std).
+
+    Antithetic pairs (`sampler.antithetic`, std with ddof = 0), in the limit where a sample is linear in its
+    noise: the mean is the posterior mean, so within 1 and 2 std (no sqrt(1 + 1/K)), and the std has K / 2
+    degrees of freedom: a Student-t with K / 2 (0.58 / 0.82 at K = 4, 0.63 / 0.88 at 8)."""
     if samples < 2:
         return float("nan"), float("nan")
-    t = scipy.stats.t(df=samples - 1)
+    t = scipy.stats.t(df=_degrees_of_freedom(samples, antithetic))
     return float(t.cdf(1) - t.cdf(-1)), float(t.cdf(2) - t.cdf(-2))
 
 
-def calibration(std_map, error, samples: int, seed: int = 0) -> dict:
+def _degrees_of_freedom(samples: int, antithetic: bool) -> float:
+    return samples / 2.0 if antithetic else samples - 1.0
+
+
+def calibration(std_map, error, samples: int, seed: int = 0, antithetic: bool = False) -> dict:
     """How well a std map over K samples describes the error of their mean, pixel by pixel.
 
     A calibrated sampler: per pixel the truth and the K samples are independent draws from one Gaussian of std
@@ -576,6 +584,8 @@ def calibration(std_map, error, samples: int, seed: int = 0) -> dict:
         error: array, same shape. Signed error of the mean of the samples (estimate - truth).
         samples: int. K.
         seed: int. Seed of the bootstrap draws.
+        antithetic: bool. The K samples came in antithetic pairs (`sampler.antithetic`; std with ddof = 0): the
+            targets of `calibration_targets(K, antithetic=True)`, no sqrt(1 + 1/K), and the bootstrap draws pairs.
 
     Returns:
         dict: `within_1_std` and `within_2_std` (fractions of pixels), `within_1_std_target` and
@@ -585,18 +595,23 @@ def calibration(std_map, error, samples: int, seed: int = 0) -> dict:
     error = np.abs(np.asarray(error, dtype=np.float64))
     if std.shape != error.shape:
         raise InputError(f"std map and error differ in shape: {std.shape} vs {error.shape}")
-    sigma_k = std * np.sqrt(1.0 + 1.0 / samples)
-    target_1, target_2 = calibration_targets(samples)
+    sigma_k = std if antithetic else std * np.sqrt(1.0 + 1.0 / samples)
+    target_1, target_2 = calibration_targets(samples, antithetic)
+    dof = _degrees_of_freedom(samples, antithetic)
     ceiling = float("nan")
     if samples >= 2:
         log_std = np.log(np.maximum(std, np.finfo(np.float64).tiny))
         spread = log_std.var()
-        noise = scipy.special.polygamma(1, (samples - 1) / 2.0) / 4.0
+        noise = scipy.special.polygamma(1, dof / 2.0) / 4.0
         shrink = np.sqrt(max(spread - noise, 0.0) / spread) if spread > 0 else 0.0
         sigma = np.exp(log_std.mean() + shrink * (log_std - log_std.mean()))
         rng = np.random.default_rng(seed)
-        fresh = rng.normal(size=(samples, *std.shape)) * sigma
+        if antithetic:  # K / 2 pairs (a, -a): their mean is exactly 0, the posterior mean of the linear limit
+            half = rng.normal(size=(samples // 2, *std.shape)) * sigma
+            fresh, ddof = np.concatenate([half, -half]), 0
+        else:
+            fresh, ddof = rng.normal(size=(samples, *std.shape)) * sigma, 1
         truth = rng.normal(size=std.shape) * sigma
-        ceiling = rank_correlation(fresh.std(axis=0, ddof=1), np.abs(fresh.mean(axis=0) - truth))
+        ceiling = rank_correlation(fresh.std(axis=0, ddof=ddof), np.abs(fresh.mean(axis=0) - truth))
     return {"within_1_std": float(np.mean(error <= sigma_k)), "within_2_std": float(np.mean(error <= 2 * sigma_k)),
             "within_1_std_target": target_1, "within_2_std_target": target_2, "std_vs_error_ceiling": ceiling}

@@ -179,6 +179,19 @@ def test_export_serves_the_2x_grid(biosr_run, tmp_path):
     assert served["mean"].shape == (1, 24, 40, 1)
 
 
+def test_spectra_are_compared_where_the_targets_otf_is_above_ten_percent():
+    from cvdm_tf.physics import optics
+
+    task = BioSRTask(DataConfig())
+    d = task.data
+    size = 512
+    # The OTF computed numerically (the pupil's autocorrelation by FFT), along f_x from 0 to just below Nyquist.
+    transfer = optics.otf(size, size, d.pixel_size_um, 2 * d.na, d.wavelength_um).numpy()[0, : size // 2]
+    at_limit = np.interp(task.target_band_limit, np.arange(size // 2) / (size / 2), transfer)
+    assert at_limit == pytest.approx(0.10, abs=0.01)
+    assert task.target_band_limit == pytest.approx(0.50, abs=0.01)
+
+
 def test_bicubic_and_richardson_lucy_baselines_score_against_the_truth(rng):
     from cvdm_tf.tasks.base import Case
 

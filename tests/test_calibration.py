@@ -36,6 +36,27 @@ def test_a_simulated_calibrated_sampler_meets_the_student_t_targets_and_its_boot
         assert result["std_vs_error_ceiling"] < 0.35
 
 
+@pytest.mark.parametrize("samples", [4, 8])
+def test_antithetic_pairs_in_the_linear_limit_meet_their_own_targets(samples):
+    # A sample linear in its noise: pairs centre +- sigma a, their mean the posterior mean exactly; the std with
+    # ddof = 0 has K / 2 degrees of freedom and no sqrt(1 + 1/K).
+    rng = np.random.default_rng(7 + samples)
+    sigma = rng.lognormal(0.0, 0.5, (160, 160))
+    centre = rng.normal(size=sigma.shape)
+    half = sigma * rng.normal(size=(samples // 2, *sigma.shape))
+    drawn = centre + np.concatenate([half, -half])
+    truth = centre + sigma * rng.normal(size=sigma.shape)
+    mean, std = drawn.mean(axis=0), drawn.std(axis=0, ddof=0)
+    result = metrics.calibration(std, mean - truth, samples, antithetic=True)
+    if samples == 4:  # Student-t with 2 degrees of freedom in closed form: F(t) = 1/2 + t / (2 sqrt(2 + t^2))
+        assert result["within_1_std_target"] == pytest.approx(1 / np.sqrt(3), abs=1e-9)
+        assert result["within_2_std_target"] == pytest.approx(2 / np.sqrt(6), abs=1e-9)
+    assert result["within_1_std"] == pytest.approx(result["within_1_std_target"], abs=0.012)
+    assert result["within_2_std"] == pytest.approx(result["within_2_std_target"], abs=0.012)
+    observed = metrics.rank_correlation(std, np.abs(mean - truth))
+    assert result["std_vs_error_ceiling"] == pytest.approx(observed, abs=0.03)
+
+
 def test_the_gaussian_fractions_are_the_large_k_limit():
     target_1, target_2 = metrics.calibration_targets(10_000)
     # scipy's normal CDF, not the code's Student-t: P(|z| <= k) = 2 Phi(k) - 1.

@@ -2,6 +2,7 @@
 with a known output, and the command end to end on the tiny trained run (tests/conftest.py `tiny_run`)."""
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -272,6 +273,36 @@ def test_infer_writes_all_outputs(infer_run):
         f"{n}_{k}" for n in ("small", "sub_square") for k in ("mean.tif", "std.tif", "schedule.tif", "preview.png"))
     assert "file 2/2" in result.stderr  # the progress line
 
+
+@pytest.mark.slow
+def test_infer_median_is_the_median_of_the_samples_and_antithetic_runs_need_an_even_k(tiny_run, measurements,
+                                                                                       tmp_path):
+    """`--median` adds NAME_median.tif: the per-pixel median of the (refined) samples the API returns for the same
+    seed; a run sampling in antithetic pairs refuses an odd K in one line and writes nothing."""
+    import cvdm_tf
+
+    small = measurements / "good" / "small.tif"
+    result = _invoke("--model", tiny_run, "--input", small, "--out", tmp_path / "m", "--samples", 3, "--steps", 2,
+                     "--seed", 4, "--median")
+    assert result.exit_code == 0, result.stderr
+    written = _read(tmp_path / "m" / "small_median.tif")[..., 0]
+    prediction = cvdm_tf.load(tiny_run).predict(_read(small), samples=3, steps=2, seed=4, keep_samples=True,
+                                                median=True)
+    np.testing.assert_allclose(written, np.median(prediction.samples, axis=0), atol=1e-5)
+    np.testing.assert_allclose(prediction.median, written, atol=1e-5)
+    assert np.abs(written - _read(tmp_path / "m" / "small_mean.tif")[..., 0]).max() > 1e-4  # not the mean
+
+    antithetic = tmp_path / "antithetic"
+    shutil.copytree(tiny_run, antithetic)
+    config = antithetic / "config.toml"
+    config.write_text(config.read_text().replace("antithetic = false", "antithetic = true"))
+    assert "antithetic = true" in config.read_text()
+    result = _invoke("--model", antithetic, "--input", small, "--out", tmp_path / "odd", "--samples", 3)
+    assert result.exit_code != 0 and "antithetic pairs" in result.stderr and "--samples 3" in result.stderr
+    assert not (tmp_path / "odd").exists() or not any((tmp_path / "odd").iterdir())
+    result = _invoke("--model", antithetic, "--input", small, "--out", tmp_path / "even", "--samples", 2,
+                     "--steps", 2)
+    assert result.exit_code == 0, result.stderr
 
 @pytest.mark.slow
 def test_infer_progress_moves_within_one_image(tiny_run, measurements, tmp_path):

@@ -336,6 +336,40 @@ def test_mean_and_std_are_over_the_k_samples():
     np.testing.assert_array_equal(one["std"].numpy(), 0.0)
 
 
+@pytest.mark.parametrize("method", ["ddpm", "ddim"])
+def test_antithetic_pairs_cancel_in_the_mean_where_sampling_is_linear(method):
+    """The exact denoiser of a Gaussian makes a sample linear in its noise (z_T and every step's): antithetic pairs
+    then average to the noise-free path exactly, whatever the seed, and the std (ddof = 0 over K / 2 pairs) is
+    unbiased for the target's s. Independent samples' mean scatters by s / sqrt(K)."""
+    mu, s = 0.3, 0.5
+    y = tf.zeros([2, 32, 32, 1])
+    antithetic = Sampler(ExactGaussianModel(mu, s), clip=0.0, antithetic=True)
+    independent = Sampler(ExactGaussianModel(mu, s), clip=0.0)
+    means = [antithetic(y, steps=20, samples=4, seed=seed, method=method)["mean"].numpy() for seed in (0, 1)]
+    np.testing.assert_allclose(means[0], means[1], atol=1e-5)
+    assert np.abs(means[0] - mu).max() < 0.01
+    scattered = independent(y, steps=20, samples=4, seed=0, method=method)["mean"].numpy()
+    assert np.abs(scattered - mu).std() > 0.1
+    out = antithetic(y, steps=400, samples=4, seed=2, method=method)
+    drawn = out["samples"].numpy()  # [B, K, H, W, 1]: samples 2j and 2j + 1 mirror each other about the mean
+    np.testing.assert_allclose(drawn[:, 0] + drawn[:, 1], drawn[:, 2] + drawn[:, 3], atol=1e-5)
+    np.testing.assert_allclose(out["std"].numpy(), drawn.std(axis=1, ddof=0), rtol=1e-5)
+    assert np.mean(out["std"].numpy() ** 2) == pytest.approx(s**2, rel=0.07)
+    assert drawn[:, 0].std() == pytest.approx(s, rel=0.07)  # each sample alone is still a draw of N(mu, s^2)
+
+
+def test_antithetic_sampling_needs_an_even_k():
+    sampler = Sampler(ExactGaussianModel(0.0, 1.0), antithetic=True)
+    with pytest.raises(ValueError, match="even"):
+        sampler(tf.zeros([1, 8, 8, 1]), steps=2, samples=3)
+    with pytest.raises(InputError, match="even"):
+        SamplerConfig(samples=5, antithetic=True)
+    # The chunked (cancellable) path draws the same pairs.
+    whole = sampler(tf.zeros([1, 8, 8, 1]), steps=5, samples=2, seed=4)
+    parts = sampler(tf.zeros([1, 8, 8, 1]), steps=5, samples=2, seed=4, chunk=2, callback=lambda *_: None)
+    np.testing.assert_array_equal(parts["samples"].numpy(), whole["samples"].numpy())
+
+
 @pytest.mark.parametrize("discretisation", ["exact", "paper"])
 def test_a_schedule_steep_enough_to_underflow_gbar_still_samples_finite_values(discretisation):
     # beta_max = 200: gbar underflows float32 long before t = 1; with no clip x_hat divides by sqrt(gbar).

@@ -219,7 +219,14 @@ class SR4xTask(Task):
             mean = (unit_mean * span + low).astype(np.float32)
         out_dir = Path(out_dir)
         std = (result["std"] * span).astype(np.float32)
-        return [io.write_png(out_dir / f"{name}_mean.png", _to_uint8(unit_mean)),
+        medians = []
+        if "median" in result:  # `infer --median`: written like the mean
+            unit_median = np.clip(result["median"], 0.0, 1.0)
+            median = (np.round(unit_median * span).astype(dtype) if dtype.kind in "ui"
+                      else (unit_median * span + (0.0 if dtype.kind == "b" else low)).astype(np.float32))
+            medians = [io.write_png(out_dir / f"{name}_median.png", _to_uint8(unit_median)),
+                       _write_tiff(out_dir / f"{name}_median.tif", median)]
+        return medians + [io.write_png(out_dir / f"{name}_mean.png", _to_uint8(unit_mean)),
                 _write_tiff(out_dir / f"{name}_mean.tif", mean),
                 io.write_tiff(out_dir / f"{name}_std.tif", std, description=made_by),
                 io.write_tiff(out_dir / f"{name}_schedule.tif", result["schedule"], description=made_by),
