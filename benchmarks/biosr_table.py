@@ -20,6 +20,7 @@ paper's Table 1 beside it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -74,6 +75,7 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--steps", type=int, help="sampling steps (default: each run's)")
     parser.add_argument("--sampler", choices=["ddpm", "ddim"], help="default: each run's")
+    parser.add_argument("--antithetic", choices=["yes", "no"], help="samples in antithetic pairs (default: each run's)")
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="seed of the held-out cells")
     parser.add_argument("--data", help="also evaluate on these BioSR files (a BioSR folder or wf/ + gt/ pairs)")
     parser.add_argument("--out", help="markdown file to write (e.g. docs/results-biosr.md)")
@@ -101,7 +103,9 @@ def main(argv=None):
             name = label(run_config)
             if name in seconds:  # two runs of one kind: each its own row
                 name = f"{name} ({path})"
-            sampler = sampler_for(model, run_config.sampler)
+            pairs = run_config.sampler.antithetic if args.antithetic is None else args.antithetic == "yes"
+            sampler = sampler_for(model, dataclasses.replace(run_config.sampler, antithetic=pairs,
+                                                             samples=args.samples))
             began = time.process_time()
             diffusion = run_config.model.kind != "regression"
             for case in cases:

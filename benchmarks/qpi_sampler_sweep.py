@@ -36,16 +36,19 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--setting", action="append",
-                        help="METHOD:T:K to measure (repeatable; default: the sweep of SETTINGS)")
+                        help="METHOD:T:K[:a] to measure, :a for antithetic pairs (repeatable; default: the sweep of "
+                        "SETTINGS)")
     args = parser.parse_args(argv)
     settings = SETTINGS
     if args.setting:
-        settings = [(m, int(t), int(k)) for m, t, k in (item.split(":") for item in args.setting)]
+        settings = [(m, int(t), int(k), rest == ["a"]) for m, t, k, *rest in (s.split(":") for s in args.setting)]
     config, task, model = load_run(args.model)
-    sampler = sampler_for(model, config.sampler)
+    samplers = {pairs: sampler_for(model, dataclasses.replace(config.sampler, antithetic=pairs, samples=2))
+                for pairs in (False, True)}
     frames = make_task(task.name, dataclasses.replace(config.data, camera_crop=args.size, boundary="camera"))
-    print("| microscope | sampler | T | K | no step | " + " | ".join(f"step x{w:g}" for w in WEIGHTS) + " |")
-    print("|---" * (5 + len(WEIGHTS)) + "|")
+    print("| microscope | sampler | T | K | antithetic | no step | "
+          + " | ".join(f"step x{w:g}" for w in WEIGHTS) + " |")
+    print("|---" * (6 + len(WEIGHTS)) + "|")
     for name, scope in (("default", frames), ("0.60 / 0.16 / 2.0", frames.with_physics(*SECOND_MICROSCOPE))):
         m = scope.microscope
         fields = test_images("camera", args.images, args.size, m.pixel_size_um, args.seed, scope.data.phase_max,
@@ -56,13 +59,15 @@ def main(argv=None):
         y = scope.normalize_condition(measured)
         stepped = [make_task(task.name, dataclasses.replace(scope.data, data_consistency=1, consistency_weight=w))
                    for w in WEIGHTS]
-        for method, steps, samples in settings:
-            out = sampler(y, steps=steps, samples=samples, seed=args.seed, method=method)
+        for method, steps, samples, *pairs in settings:
+            pairs = bool(pairs and pairs[0])
+            out = samplers[pairs](y, steps=steps, samples=samples, seed=args.seed, method=method)
             drawn = scope.denormalize_target(out["samples"]).numpy()
             row = [scores(drawn.mean(axis=1)[..., 0], truths)["mae"]]
             for step in stepped:
                 row.append(scores(np.asarray(step.refine(drawn, measured)).mean(axis=1)[..., 0], truths)["mae"])
-            print(f"| {name} | {method} | {steps} | {samples} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
+            print(f"| {name} | {method} | {steps} | {samples} | {'yes' if pairs else 'no'} | "
+                  + " | ".join(f"{v:.4f}" for v in row) + " |")
     return 0
 
 

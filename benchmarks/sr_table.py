@@ -18,6 +18,7 @@ run is scored twice: the mean of its K samples, and its first sample alone ("one
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -74,6 +75,7 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--steps", type=int, help="sampling steps (default: each run's)")
     parser.add_argument("--sampler", choices=["ddpm", "ddim"], help="default: each run's")
+    parser.add_argument("--antithetic", choices=["yes", "no"], help="samples in antithetic pairs (default: each run's)")
     parser.add_argument("--data", help="evaluate on these HR images instead (a folder or a file)")
     parser.add_argument("--out", help="markdown file to write (e.g. docs/results-sr.md)")
     parser.add_argument("--json", help="write the mean scores here (method -> metric)")
@@ -88,7 +90,9 @@ def main(argv=None):
         name = label(run_config)
         if name in seconds:  # two runs of one kind: each its own row
             name = f"{name} ({path})"
-        sampler = sampler_for(model, run_config.sampler)
+        pairs = run_config.sampler.antithetic if args.antithetic is None else args.antithetic == "yes"
+        sampler = sampler_for(model, dataclasses.replace(run_config.sampler, antithetic=pairs,
+                                                         samples=args.samples))
         diffusion = run_config.model.kind != "regression"
         began = time.process_time()
         for case in cases:
