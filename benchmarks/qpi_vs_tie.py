@@ -110,13 +110,14 @@ def benchmark(task, sampler, args, microscope, noise):
     began, cpu = time.perf_counter(), time.process_time()
     out = sampler(y, steps=args.steps, samples=args.samples, seed=args.seed, method=args.sampler)
     drawn = task.denormalize_target(out["samples"]).numpy()
+    ddof = 0 if sampler.antithetic else 1  # antithetic pairs: cvdm_tf/sampler.py
     row["CVDM, sampler alone" if task.refines else "CVDM"] = {
-        **scores(drawn.mean(axis=1)[..., 0], truths), "mean_std_rad": float(np.mean(drawn.std(axis=1, ddof=1)))}
+        **scores(drawn.mean(axis=1)[..., 0], truths), "mean_std_rad": float(np.mean(drawn.std(axis=1, ddof=ddof)))}
     if task.refines:
         # As `cvdm-tf infer`: each sample refined against its own pair, then the mean.
         drawn = np.asarray(task.refine(drawn, measured))
         row["CVDM + step"] = {**scores(drawn.mean(axis=1)[..., 0], truths),
-                              "mean_std_rad": float(np.mean(drawn.std(axis=1, ddof=1)))}
+                              "mean_std_rad": float(np.mean(drawn.std(axis=1, ddof=ddof)))}
     wall, cpu = time.perf_counter() - began, time.process_time() - cpu
     row["cpu_seconds_per_image"] = cpu / len(truths)
     row["wall_seconds_per_image"] = wall / len(truths)
@@ -143,6 +144,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--sampler", choices=["ddpm", "ddim"], help="default: the run's")
+    parser.add_argument("--antithetic", choices=["yes", "no"], help="samples in antithetic pairs (default: the run's)")
     parser.add_argument("--discretisation", choices=["exact", "paper"], help="default: the run's")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], help="the denoiser's compute dtype "
                         "while sampling (default: the run's)")
@@ -164,11 +166,13 @@ def main(argv=None):
     args.samples = args.samples or config.sampler.samples
     args.sampler = args.sampler or config.sampler.method
     sampler = Sampler(model, discretisation=args.discretisation or config.sampler.discretisation,
-                      grid=config.sampler.grid, precision=args.precision or config.sampler.precision)
+                      grid=config.sampler.grid, precision=args.precision or config.sampler.precision,
+                      antithetic=config.sampler.antithetic if args.antithetic is None else args.antithetic == "yes")
     named = args.microscope or (["default", ",".join(map(str, SECOND_MICROSCOPE))] if args.protocol == "camera"
                                 else ["default"])
     results = {"model": args.model, "protocol": args.protocol, "size": args.size, "samples": args.samples,
                "steps": args.steps, "sampler": args.sampler, "precision": sampler.precision,
+               "antithetic": sampler.antithetic,
                "defocus_mismatch": args.defocus_mismatch, "absorption": args.absorption,
                "data_consistency": task.data.data_consistency,
                "microscopes": {}}
@@ -192,7 +196,8 @@ def main(argv=None):
                 f"({', '.join(names)})" if args.protocol == "camera"
                 else f"{len(names)} periodic cell phantoms of {args.size} px")
         print(f"\n{microscope.describe()}; {what}; recorded at {args.defocus_mismatch:g} x the defocus, "
-              f"absorption {args.absorption:g}. CVDM: K = {args.samples}, {args.steps} {args.sampler} steps, "
+              f"absorption {args.absorption:g}. CVDM: K = {args.samples}"
+              f"{' (antithetic pairs)' if sampler.antithetic else ''}, {args.steps} {args.sampler} steps, "
               f"{sampler.precision}; {task.data.data_consistency} data-consistency step(s); "
               "TIE weights tuned on the test images (oracle); offset-free MAE in rad\n")
         print("| method | " + " | ".join(f"MAE {n} | MS-SSIM {n}" for n in noises) + " |")
