@@ -8,7 +8,8 @@ the std map with the |error| of the mean of the samples; the same for a perfectl
 (the ceiling the spread of the std map allows, `metrics.calibration`); and the fractions of pixels whose error is
 within 1 and 2 std (times sqrt(1 + 1/K)), against what a calibrated sampler reaches with a std estimated from K
 samples (a Student-t with K - 1 degrees of freedom: 61% / 86% at K = 4, 65% / 91% at 8, 67% / 94% at 16; more is
-over-dispersed, less over-confident). The ceiling is a parametric bootstrap: sigma from the map, a truth and K fresh
+over-dispersed, less over-confident; for antithetic pairs a Student-t with K / 2, no sqrt(1 + 1/K):
+`metrics.calibration_targets`). The ceiling is a parametric bootstrap: sigma from the map, a truth and K fresh
 samples drawn per pixel, the std re-estimated from them (`metrics.calibration`). All through `cvdm-tf eval`'s code
 path (`cvdm_tf.evaluation.evaluate`), errors centred as the task scores them.
 """
@@ -40,8 +41,14 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--k", type=int, action="append", help="numbers of samples (default 2, 4, 8, 16)")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--steps", type=int, help="sampling steps T (default: the run's)")
+    parser.add_argument("--antithetic", choices=["yes", "no"], help="samples in antithetic pairs (default: the run's)")
     args = parser.parse_args(argv)
     config, task, model = load_run(args.model)
+    changes = {"steps": args.steps} if args.steps else {}
+    if args.antithetic:
+        changes.update(antithetic=args.antithetic == "yes", samples=2)
+    config = config.replace(sampler=changes) if changes else config
     ks = args.k or [2, 4, 8, 16]
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
@@ -63,7 +70,8 @@ def main(argv=None):
             report = evaluate(config, task, model, data, samples=k, seed=args.seed, baselines=[])
             rows.append((k, report["mean"]["cvdm"], time.process_time() - began))
     print(f"\n{args.model}: {config.task}, {len(report['images'])} held-out images, noise {report['noise']}, "
-          f"T = {report['steps']} {report['sampler']} steps\n")
+          f"T = {report['steps']} {report['sampler']} steps"
+          f"{', K in antithetic pairs' if config.sampler.antithetic else ''}\n")
     print("| K | MAE | rank corr. std~|error| | calibrated ceiling | within 1 std (calibrated) | within 2 std "
           "(calibrated) | rank corr. schedule~|error| | CPU s |")
     print("|---|---|---|---|---|---|---|---|")
