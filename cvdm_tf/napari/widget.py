@@ -86,8 +86,8 @@ class ReconstructWidget(Container):
         self.model = FileEdit(label="model", mode="d",
                               tooltip="A run folder of `cvdm-tf train`, or a built-in model: "
                                       + (", ".join(_builtin_names()) or "builtin:NAME"))
-        self.samples = SpinBox(label="samples K", value=8, min=1, max=512,
-                               tooltip="Samples per pixel; the std is over these")
+        self.samples = SpinBox(label="samples K", value=0, min=0, max=512,
+                               tooltip="Samples per pixel; the std is over these (0: the run's sampler.samples)")
         self.steps = SpinBox(label="steps T", value=0, min=0, max=100000,
                              tooltip="Sampling steps (0: the run's sampler.steps)")
         self.method = ComboBox(label="sampler", choices=[RUN_METHOD, "ddpm", "ddim"], value=RUN_METHOD)
@@ -268,7 +268,7 @@ class ReconstructWidget(Container):
                                                 f"{state['total']}, step {done}/{total}")
 
         try:
-            prediction = model.predict(job.data, samples=job.samples, steps=job.steps or None, method=job.method,
+            prediction = model.predict(job.data, samples=job.samples or None, steps=job.steps or None, method=job.method,
                                        seed=job.seed, tile=job.tile, batch_size=batch_size, z_step_um=job.z_step_um,
                                        plane=job.plane, message=self._relay.message.emit, progress=tiles_done,
                                        chunk=CHUNK_STEPS, step_progress=steps_done, name=job.name, **physics)
