@@ -203,7 +203,7 @@ def test_sr4x_eval_rows_are_the_scores_of_the_files_infer_writes(tmp_path):
         high.resize((16, 16), Image.BICUBIC).save(pairs / "lr" / f"{source.stem}.png")
     config, task, model = load_run("builtin:sr4x")
     report = evaluate(config, task, model, pairs, samples=2, steps=3, seed=0)
-    infer_paths("builtin:sr4x", pairs / "lr", tmp_path / "out", samples=2, steps=3, seed=0)
+    infer_paths("builtin:sr4x", pairs / "lr", tmp_path / "out", samples=2, steps=3, seed=0, median=True)
     assert len(report["images"]) == 3
     for row in report["images"]:
         estimate = np.asarray(Image.open(tmp_path / "out" / f"{row['name']}_mean.png"), np.float64)[4:-4, 4:-4]
@@ -215,3 +215,7 @@ def test_sr4x_eval_rows_are_the_scores_of_the_files_infer_writes(tmp_path):
                   "ssim_y": _ssim(luma_estimate, luma_truth, 255)}
         for key, value in scores.items():
             assert row["cvdm"][key] == pytest.approx(value, rel=1e-6), (row["name"], key)
+        # `--median`: written like the mean, 8 bits in, 8 bits out (of two samples, the median is their mean).
+        median = np.asarray(Image.open(tmp_path / "out" / f"{row['name']}_median.png"), np.float64)[4:-4, 4:-4]
+        assert np.abs(median - estimate).max() <= 1
+        assert tifffile.imread(tmp_path / "out" / f"{row['name']}_median.tif").dtype == np.uint8

@@ -203,35 +203,32 @@ class SR4xTask(Task):
 
     def write_outputs(self, out_dir, name, raw, result, source=None, made_by=""):
         """NAME_mean.png (8 bits) and NAME_mean.tif in the input's value range and dtype family (uint8 / uint16
-        values, or float32 in the float input's own range), NAME_std.tif (float32, the same units),
-        NAME_schedule.tif and NAME_preview.png."""
+        values, or float32 in the float input's own range), the same for NAME_median where `result` has one
+        (`infer --median`), NAME_std.tif (float32, the same units), NAME_schedule.tif and NAME_preview.png."""
         from cvdm_tf.previews import preview_image
 
         dtype, low, high = self._value_ranges.get(os.fspath(source), (np.dtype(np.uint8), 0.0, 255.0))
-        unit_mean = np.clip(result["mean"], 0.0, 1.0)
         if dtype.kind in "ui":
             span = float(np.iinfo(dtype).max)
-            mean = np.round(unit_mean * span).astype(dtype)
+            to_input = lambda unit: np.round(unit * span).astype(dtype)  # noqa: E731
         elif dtype.kind == "b":
-            span, mean = 1.0, unit_mean.astype(np.float32)
+            span, to_input = 1.0, (lambda unit: unit.astype(np.float32))
         else:
             span = (high - low) or 1.0
-            mean = (unit_mean * span + low).astype(np.float32)
+            to_input = lambda unit: (unit * span + low).astype(np.float32)  # noqa: E731
         out_dir = Path(out_dir)
+        paths = []
+        for key in ("mean", "median"):
+            if key in result:
+                unit = np.clip(result[key], 0.0, 1.0)
+                paths += [io.write_png(out_dir / f"{name}_{key}.png", _to_uint8(unit)),
+                          _write_tiff(out_dir / f"{name}_{key}.tif", to_input(unit))]
         std = (result["std"] * span).astype(np.float32)
-        medians = []
-        if "median" in result:  # `infer --median`: written like the mean
-            unit_median = np.clip(result["median"], 0.0, 1.0)
-            median = (np.round(unit_median * span).astype(dtype) if dtype.kind in "ui"
-                      else (unit_median * span + (0.0 if dtype.kind == "b" else low)).astype(np.float32))
-            medians = [io.write_png(out_dir / f"{name}_median.png", _to_uint8(unit_median)),
-                       _write_tiff(out_dir / f"{name}_median.tif", median)]
-        return medians + [io.write_png(out_dir / f"{name}_mean.png", _to_uint8(unit_mean)),
-                _write_tiff(out_dir / f"{name}_mean.tif", mean),
-                io.write_tiff(out_dir / f"{name}_std.tif", std, description=made_by),
-                io.write_tiff(out_dir / f"{name}_schedule.tif", result["schedule"], description=made_by),
-                io.write_png(out_dir / f"{name}_preview.png",
-                             preview_image(raw, unit_mean, result["std"], result["schedule"]))]
+        return paths + [io.write_tiff(out_dir / f"{name}_std.tif", std, description=made_by),
+                        io.write_tiff(out_dir / f"{name}_schedule.tif", result["schedule"], description=made_by),
+                        io.write_png(out_dir / f"{name}_preview.png",
+                                     preview_image(raw, np.clip(result["mean"], 0.0, 1.0), result["std"],
+                                                   result["schedule"]))]
 
     def is_truth_file(self, path, stems):
         return path.parent.name.lower() == "hr"  # `cvdm-tf simulate` writes DIR/lr/NAME.png + DIR/hr/NAME.png
