@@ -54,10 +54,10 @@ draw of the model's posterior; only the pair is correlated. Where a sample is ne
 posterior narrow against the scale the denoiser bends on), the pair's noise cancels in the mean, so the mean of
 K samples comes close to the posterior mean with few samples: on QPI's validation frames K = 4 x T = 4
 antithetic is within 1.5% of K = 32 x T = 10 (20 times the passes), where 4 independent samples are 3.5-4.3%
-behind (docs/results-qpi-camera.md); the built-in models sample this way. K must be even. The std is then taken with ddof = 0: in the linear limit a pair
-(m + a, m - a) has its mean exactly at m, and K / 2 independent pairs give (1 / K) sum (x_k - mean)^2 =
-(2 / K) sum_j a_j^2, unbiased for sigma^2 with K / 2 degrees of freedom (`metrics.calibration` takes this into
-account when told the samples are antithetic).
+behind (docs/results-qpi-camera.md); the built-in models sample this way. K must be even. The std is then
+taken with ddof = 0: in the linear limit a pair (m + a, m - a) has its mean exactly at m, and K / 2 independent
+pairs give (1 / K) sum (x_k - mean)^2 = (2 / K) sum_j a_j^2, unbiased for sigma^2 with K / 2 degrees of freedom
+(`metrics.calibration` takes this into account when told the samples are antithetic).
 
 Chunks (`sampler(y, ..., chunk=N, callback=fn)`): the same loop cut into compiled runs of N steps, with
 `fn(done, T)` called in Python between them, so a GUI can show progress and cancel (fn raises) within N steps.
