@@ -271,7 +271,8 @@ class ReconstructWidget(Container):
             prediction = model.predict(job.data, samples=job.samples or None, steps=job.steps or None,
                                        method=job.method, seed=job.seed, tile=job.tile, batch_size=batch_size,
                                        z_step_um=job.z_step_um, plane=job.plane,
-                                       message=self._relay.message.emit, progress=tiles_done, chunk=CHUNK_STEPS, step_progress=steps_done, name=job.name, **physics)
+                                       message=self._relay.message.emit, progress=tiles_done, chunk=CHUNK_STEPS,
+                                       step_progress=steps_done, name=job.name, **physics)
         finally:
             # Only numpy arrays go back to the GUI thread, and this run's TensorFlow garbage (tensors in reference
             # cycles of the sampling closures) is freed here, not by a garbage collection that happens to run on
