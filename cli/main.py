@@ -309,12 +309,15 @@ def simulate(task, input_path, out, noise, seed, task_values):
 @click.option("--median", is_flag=True,
               help="Also write NAME_median: the per-pixel median of the K samples, the estimate of least expected "
                    "absolute error (the mean is that of least squared error).")
+@click.option("--mean-network", is_flag=True,
+              help="Also write NAME_mean_network: the model's mean network's estimate of E[x|y], without samples "
+                   "(models with a mean network: builtin:biosr, builtin:sr4x).")
 @SAMPLER_PRECISION
 @click.option("--task", help="The run's task (checked against the run; default: the run's).")
 @task_options("infer")
 @command
-def infer(run_dir, input_path, out, samples, steps, method, seed, batch_size, tile, median, precision, task,
-          task_values):
+def infer(run_dir, input_path, out, samples, steps, method, seed, batch_size, tile, median, mean_network, precision,
+          task, task_values):
     """Reconstruct: NAME_mean.tif, NAME_std.tif (uncertainty), NAME_schedule.tif, NAME_preview.png per image."""
     from cvdm_tf.inference import infer_paths
     from cvdm_tf.runs import model_config
@@ -327,7 +330,7 @@ def infer(run_dir, input_path, out, samples, steps, method, seed, batch_size, ti
         data, _, reader_options, physics = apply_task_options(config.task, config.data, task_values, "infer")
     report = infer_paths(run_dir, input_path, out, samples=samples, steps=steps, method=method, seed=seed,
                          batch_size=batch_size, tile=tile, reader_options=reader_options, precision=precision,
-                         data=data, physics=physics, median=median)
+                         data=data, physics=physics, median=median, mean_network=mean_network)
     if report.failed:  # each already reported as `error: PATH: problem`; the good files are complete
         sys.exit(EXIT_USER_ERROR)
 

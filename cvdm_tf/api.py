@@ -41,6 +41,8 @@ class Prediction:
         samples: float32 [K, ...] or None: every sample, when `predict(..., keep_samples=True)`.
         median: float32 like mean, or None: the per-pixel median of the K samples (the estimate of least expected
             absolute error), when `predict(..., median=True)`.
+        mean_network: float32 like mean, or None: the mean network's estimate of E[x | y] (no samples), when
+            `predict(..., mean_network=True)` on a model that has one.
         unit: str. The unit of mean, std and samples ("" for relative intensities).
         pixel_size_um: float or None. The outputs' pixel size (the task's output grid), when known.
     """
@@ -52,6 +54,7 @@ class Prediction:
     unit: str
     pixel_size_um: float | None
     median: np.ndarray | None = None
+    mean_network: np.ndarray | None = None
 
 
 class Model:
@@ -87,7 +90,7 @@ class Model:
                 method: str | None = None, seed: int = 0, tile: int = 256, batch_size: int = 4,
                 z_step_um: float | None = None, plane: int = 0, keep_samples: bool = False, message=None,
                 progress=None, chunk: int | None = None, step_progress=None, name: str = "measurement",
-                median: bool = False, **physics) -> Prediction:
+                median: bool = False, mean_network: bool = False, **physics) -> Prediction:
         """Reconstruct one measurement.
 
         Args:
@@ -103,6 +106,7 @@ class Model:
                 between them (it may raise to stop: a GUI cancels within `chunk` steps); the same samples.
             name: str. What the measurement is called in messages (e.g. a napari layer's name).
             median: bool. Also return the per-pixel median of the K samples.
+            mean_network: bool. Also return the mean network's E[x | y] (models with a mean network).
             **physics: the task's physics in its units (QPI: wavelength_um=, pixel_size_um=, defocus_um=).
 
         Returns:
@@ -116,20 +120,21 @@ class Model:
                                name=name, physics=physics)
         result = self.reconstruct(task, raw, samples=samples, steps=steps, method=method, seed=seed, tile=tile,
                                   batch_size=batch_size, keep_samples=keep_samples, progress=progress, chunk=chunk,
-                                  step_progress=step_progress, median=median)
+                                  step_progress=step_progress, median=median, mean_network=mean_network)
         squeeze = (lambda a: a[..., 0]) if result["mean"].shape[-1] == 1 else (lambda a: a)  # noqa: E731
         return Prediction(mean=squeeze(result["mean"]), std=squeeze(result["std"]),
                           schedule=squeeze(result["schedule"]),
                           samples=squeeze(result["samples"]) if keep_samples else None,
                           unit=task.target_unit, pixel_size_um=task.output_pixel_size_um,
-                          median=squeeze(result["median"]) if median else None)
+                          median=squeeze(result["median"]) if median else None,
+                          mean_network=squeeze(result["mean_network"]) if mean_network else None)
 
     def reconstruct(self, task, raw, samples: int | None = None, steps: int | None = None, method: str | None = None,
                     seed: int = 0, **options) -> dict:
         """`inference.reconstruct` of one raw measurement [h, w, C] already read by `task` (e.g. `task.read_file`,
         as `cvdm-tf infer` reads files), with this model's sampler and the run's K, T and method by default: dict
         of mean, std, schedule [H, W, C] in physical units (and samples with `keep_samples=True`). `options`:
-        tile, batch_size, keep_samples, median, progress, chunk, step_progress."""
+        tile, batch_size, keep_samples, median, mean_network, progress, chunk, step_progress."""
         from cvdm_tf.inference import reconstruct
 
         return reconstruct(self.network, task, raw, samples=samples or self.config.sampler.samples,

@@ -9,6 +9,8 @@ output folder gets
     NAME_preview.png   input (first channel) | mean | std | schedule, each with its colour bar and min / max
     NAME_median.tif    with `--median`: the per-pixel median of the K samples (the estimate of least expected
                        absolute error, where the mean is that of least squared error), same units
+    NAME_mean_network.tif  with `--mean-network` (models with a mean network): its estimate of E[x | y], no
+                       samples, same units
 
 One image, in order:
     1. read it with the task's reader (the readers refuse NaN/Inf, corrupt files, ...) and check its channel
@@ -71,7 +73,8 @@ class InferReport:
 def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps: int | None = None,
                 method: str | None = None, seed: int = 0, batch_size: int = 4, tile: int = 256,
                 progress=None, reader_options: dict | None = None, precision: str | None = None,
-                data=None, physics: dict | None = None, median: bool = False) -> InferReport:
+                data=None, physics: dict | None = None, median: bool = False,
+                mean_network: bool = False) -> InferReport:
     """Reconstruct every image of `input_path` (a file or a folder) with the run in `run_dir` into `out_dir`.
 
     Args:
@@ -95,6 +98,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
             the model's training range; a file outside it fails with one line naming the range.
         median: bool. Also write NAME_median (the per-pixel median of the K samples: the estimate of least
             expected absolute error).
+        mean_network: bool. Also write NAME_mean_network (the mean network's E[x | y]; models that have one).
 
     Returns:
         InferReport. Bad files are listed in `failed` (also reported through `progress.error`), not raised.
@@ -118,9 +122,9 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
     api_model = Model(run_dir, precision=precision, data=data)
     config, task, model = api_model.config, api_model.task, api_model.network
     if zarr_io.is_ome_zarr(input_path):
-        if median:
-            raise InputError("--median: not available for OME-Zarr fields (they are blended block by block from "
-                             "mean, std and schedule)")
+        if median or mean_network:
+            raise InputError(f"--{'median' if median else 'mean-network'}: not available for OME-Zarr fields (they "
+                             "are blended block by block from mean, std and schedule)")
         return _infer_ome_zarr(run_dir, input_path, out_dir, api_model, samples, steps, method, seed,
                                batch_size, tile, progress, physics or {})
     files = _input_files(input_path, out_dir, task)
@@ -130,6 +134,9 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
     if config.sampler.antithetic and samples % 2:
         raise InputError(f"--samples {samples}: this model samples in antithetic pairs (sampler.antithetic), so K "
                          "must be even")
+    if mean_network and getattr(model, "mean_net", None) is None:
+        raise InputError(f"--mean-network: {os.fspath(run_dir)} has no mean network (model.mean = "
+                         f"{config.model.mean!r})")
     multiple = model.model_config.size_multiple
     if tile < multiple:
         raise InputError(f"--tile: must be at least the model's size multiple {multiple}, got {tile}")
@@ -145,7 +152,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
             try:
                 file_task, results = _reconstruct_file(path, base, used, api_model, samples, steps, method, seed,
                                                        tile, batch_size, progress, reader_options or {},
-                                                       physics or {}, median)
+                                                       physics or {}, median, mean_network)
             except InputError as err:
                 report.failed.append(str(err))
                 progress.error(str(err))
@@ -222,7 +229,7 @@ def _infer_ome_zarr(run_dir, input_path, out_dir, api_model, samples, steps, met
 
 
 def _reconstruct_file(path, base, used, api_model, samples, steps, method, seed, tile, batch_size, progress,
-                      reader_options, physics, median=False):
+                      reader_options, physics, median=False, mean_network=False):
     """(the file's task, [(name, raw, result)] for every image of one file: a stack gives NAME_000, NAME_001, ...);
     all or nothing. The task carries the file's physics (given, or from its metadata), checked against the
     model's range before anything is sampled."""
@@ -239,7 +246,7 @@ def _reconstruct_file(path, base, used, api_model, samples, steps, method, seed,
             result = api_model.reconstruct(task, raw, samples=samples, steps=steps, method=method, seed=seed,
                                            tile=tile, batch_size=batch_size, progress=progress.tiles,
                                            chunk=max(1, steps // 10), step_progress=progress.steps,
-                                           median=median)
+                                           median=median, mean_network=mean_network)
         except InputError as err:
             where = f"{path} [image {number}]" if len(images) > 1 else f"{path}"
             raise InputError(f"{where}: {err}") from None
@@ -251,11 +258,13 @@ def _reconstruct_file(path, base, used, api_model, samples, steps, method, seed,
 def write_outputs(out_dir: Path, name: str, raw: np.ndarray, result: dict, unit: str = "",
                   pixel_size_um: float | None = None, description: str = "") -> list[Path]:
     """NAME_mean.tif, NAME_std.tif, NAME_schedule.tif (OME-TIFF: pixel size, channel name with the unit,
-    `description`), NAME_median.tif where `result` has a median, and NAME_preview.png, each written atomically."""
+    `description`), NAME_median.tif and NAME_mean_network.tif where `result` has them, and NAME_preview.png,
+    each written atomically."""
     paths = []
     channel = {key: f"{key} ({unit})" if unit else key for key in ("mean", "median", "std")}
+    channel["mean_network"] = f"E[x|y] of the mean network ({unit})" if unit else "E[x|y] of the mean network"
     channel["schedule"] = "schedule (tau rho(1), dimensionless)"
-    for key in ("mean", "median", "std", "schedule"):
+    for key in ("mean", "median", "mean_network", "std", "schedule"):
         if key not in result:
             continue
         paths.append(io.write_tiff(out_dir / f"{name}_{key}.tif", result[key], pixel_size_um=pixel_size_um,
@@ -301,7 +310,8 @@ def _input_files(input_path, out_dir: Path, task) -> list[tuple[Path, str]]:
 def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, method: str = "ddpm",
                 seed: int = 0, tile: int = 256, batch_size: int = 4, progress: Callable | None = None,
                 sampler=None, chunk: int | None = None, step_progress: Callable | None = None,
-                physics: dict | None = None, keep_samples: bool = False, median: bool = False) -> dict:
+                physics: dict | None = None, keep_samples: bool = False, median: bool = False,
+                mean_network: bool = False) -> dict:
     """Sample the model for one raw measurement and return the result in physical units.
 
     Args:
@@ -323,11 +333,13 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         keep_samples: bool. Also return every sample.
         median: bool. Also return `median`, the per-pixel median of the K samples: the posterior median, the
             estimate of least expected absolute error (the mean is that of least squared error).
+        mean_network: bool. Also return `mean_network`, the model's mean network's estimate of E[x | y] (its L2
+            loss's minimiser, no samples; where it has converged, the samples' mean is a noisier estimate of it).
 
     Returns:
         dict of float32 [H, W, C_target] on the output grid (H = task.scale * h): `mean` and `std` (over the K
         samples) in the task's units (QPI: radians) and `schedule` (tau * rho(1)); with `keep_samples`,
-        `samples` [K, H, W, C_target] in the same units; with `median`, `median` in the same units.
+        `samples` [K, H, W, C_target] in the same units; with `median` / `mean_network`, those in the same units.
 
     Raises:
         InputError: wrong channel count, not an image, values that cannot be normalised, or a tile smaller than
@@ -365,6 +377,9 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         y = np.pad(y, [(0, pad_h), (0, pad_w), (0, 0)], mode="symmetric")
 
     sampler = sampler or sampler_for(model)
+    if mean_network and getattr(model, "mean_net", None) is None:
+        raise InputError("this model has no mean network (model.mean is neither \"network\" nor "
+                         "\"condition+network\")")
     if getattr(sampler, "antithetic", False) and samples % 2:
         raise InputError(f"{samples} samples: this model's sampler draws them in antithetic pairs "
                          "(sampler.antithetic), so K must be even")
@@ -381,6 +396,8 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
             raise InputError(f"out of memory sampling {len(batch)} tile(s) of {batch.shape[1]} x {batch.shape[2]} "
                              "px (try a smaller --batch-size or --tile)") from None
         result = {"mean": out["mean"].numpy(), "std": out["std"].numpy(), "schedule": out["schedule"].numpy()}
+        if mean_network:
+            result["mean_network"] = out["mean_network"].numpy()
         if task.refines or keep_samples or median:
             # Every sample, as channels [B, h, w, K * C], blended and aligned like the mean.
             drawn = out["samples"].numpy() if "samples" in out else result["mean"][:, None]
@@ -388,7 +405,7 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         return result
 
     # 4. Tiles (or the whole image as one tile).
-    align = task.offset_free_outputs + (("samples",) if "mean" in task.offset_free_outputs else ())
+    align = task.offset_free_outputs + (("samples", "mean_network") if "mean" in task.offset_free_outputs else ())
     blended = tiled_apply(predict, y, tile, batch_size=batch_size, progress=progress, align=align)
     crop = (slice(0, height), slice(0, width))
     # 5. Physical units. A task that refines (QPI's data consistency) gets each sample of the whole image; mean and
@@ -412,6 +429,8 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         result = {"mean": mean, "std": std, "schedule": schedule}
     if median:
         result["median"] = np.median(drawn, axis=0).astype(np.float32)
+    if mean_network:
+        result["mean_network"] = (blended["mean_network"][crop] * scale + offset).astype(np.float32)
     if keep_samples:
         result["samples"] = drawn
     return result

@@ -126,7 +126,8 @@ class Sampler(tf.Module):
 
     def __call__(self, y, steps=200, samples=1, seed=0, method="ddpm", chunk=None, callback=None):
         """Sample. Returns a dict with `mean`, `std` (over the K samples), `schedule` (tau * rho(1)) and
-        `samples` [B, K, H, W, C], all in the model's normalised target units.
+        `samples` [B, K, H, W, C], all in the model's normalised target units; for a model with a mean network
+        also `mean_network`, its estimate of E[x | y] (no samples: the samples' mean estimates the same).
 
         chunk: int or None. None: all T steps in one compiled call. N: compiled runs of N steps with
             `callback(done, steps)` after each (may raise to stop; see the module docstring: same samples).
@@ -215,22 +216,26 @@ class Sampler(tf.Module):
         batch = tf.shape(y)[0]
         size = (size[0], size[1])
         x = x_hat
-        mean = model.prior_mean(y)
-        if mean is not None:
-            x = x / model.model_config.residual_scale + tf.repeat(mean, samples, axis=0)
-        if model.model_config.target_range > 0:
-            x = tf.clip_by_value(x, -model.model_config.target_range, model.model_config.target_range)
+        prior = model.prior_mean(y)
+        if prior is not None:
+            x = x / model.model_config.residual_scale + tf.repeat(prior, samples, axis=0)
+        bound = model.model_config.target_range
+        clip = (lambda v: tf.clip_by_value(v, -bound, bound)) if bound > 0 else (lambda v: v)  # noqa: E731
+        x = clip(x)
         height, width = tf.shape(x)[1], tf.shape(x)[2]
         x = tf.reshape(x, [batch, samples, height, width, -1])
         mean = tf.reduce_mean(x, axis=1)
         std = sample_std(x, ddof=0 if self.antithetic else 1)
         crop = lambda v: crop_to(v, size)  # noqa: E731
-        return {
+        out = {
             "mean": crop(mean),
             "std": crop(std),
             "schedule": crop(magnitude),
             "samples": x[:, :, : size[0], : size[1], :],
         }
+        if getattr(model, "mean_net", None) is not None:  # E[x | y] by the mean network's L2 loss, without the samples
+            out["mean_network"] = crop(clip(prior))
+        return out
 
     def _sample_in_chunks(self, y, steps, samples, seed, deterministic, chunk, callback):
         """`_sample` as compiled runs of `chunk` steps; the state between them is (z, log gbar, x_hat)."""

@@ -291,6 +291,9 @@ def test_infer_median_is_the_median_of_the_samples_and_antithetic_runs_need_an_e
     np.testing.assert_allclose(written, np.median(prediction.samples, axis=0), atol=1e-5)
     np.testing.assert_allclose(prediction.median, written, atol=1e-5)
     assert np.abs(written - _read(tmp_path / "m" / "small_mean.tif")[..., 0]).max() > 1e-4  # not the mean
+    result = _invoke("--model", tiny_run, "--input", small, "--out", tmp_path / "nomean", "--mean-network")
+    assert result.exit_code != 0 and "has no mean network" in result.stderr
+    assert not (tmp_path / "nomean").exists() or not any((tmp_path / "nomean").iterdir())
 
     antithetic = tmp_path / "antithetic"
     shutil.copytree(tiny_run, antithetic)

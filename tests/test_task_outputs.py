@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tifffile
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -203,7 +204,8 @@ def test_sr4x_eval_rows_are_the_scores_of_the_files_infer_writes(tmp_path):
         high.resize((16, 16), Image.BICUBIC).save(pairs / "lr" / f"{source.stem}.png")
     config, task, model = load_run("builtin:sr4x")
     report = evaluate(config, task, model, pairs, samples=2, steps=3, seed=0)
-    infer_paths("builtin:sr4x", pairs / "lr", tmp_path / "out", samples=2, steps=3, seed=0, median=True)
+    infer_paths("builtin:sr4x", pairs / "lr", tmp_path / "out", samples=2, steps=3, seed=0, median=True,
+                mean_network=True)
     assert len(report["images"]) == 3
     for row in report["images"]:
         estimate = np.asarray(Image.open(tmp_path / "out" / f"{row['name']}_mean.png"), np.float64)[4:-4, 4:-4]
@@ -219,3 +221,10 @@ def test_sr4x_eval_rows_are_the_scores_of_the_files_infer_writes(tmp_path):
         median = np.asarray(Image.open(tmp_path / "out" / f"{row['name']}_median.png"), np.float64)[4:-4, 4:-4]
         assert np.abs(median - estimate).max() <= 1
         assert tifffile.imread(tmp_path / "out" / f"{row['name']}_median.tif").dtype == np.uint8
+        # `--mean-network`: the mean network's E[x|y] on the whole condition, no samples, in 8 bits as the mean.
+        _, [low] = task.read_file(pairs / "lr" / f"{row['name']}.png")  # as infer reads it: in [0, 1]
+        y = task.condition(tf.constant(low))[None]
+        offset, scale = (np.asarray(v) for v in task.units(tf.constant(low)))
+        expected = np.round(np.clip(model.prior_mean(y).numpy()[0] * scale + offset, 0, 1) * 255)[4:-4, 4:-4]
+        written = np.asarray(Image.open(tmp_path / "out" / f"{row['name']}_mean_network.png"), np.float64)[4:-4, 4:-4]
+        assert np.abs(written - expected).max() <= 1
