@@ -110,14 +110,14 @@ def benchmark(task, sampler, args, microscope, noise):
     began, cpu = time.perf_counter(), time.process_time()
     out = sampler(y, steps=args.steps, samples=args.samples, seed=args.seed, method=args.sampler)
     drawn = task.denormalize_target(out["samples"]).numpy()
-    ddof = 0 if sampler.antithetic else 1  # antithetic pairs: cvdm_tf/sampler.py
     row["CVDM, sampler alone" if task.refines else "CVDM"] = {
-        **scores(drawn.mean(axis=1)[..., 0], truths), "mean_std_rad": float(np.mean(drawn.std(axis=1, ddof=ddof)))}
+        **scores(drawn.mean(axis=1)[..., 0], truths),
+        "mean_std_rad": float(np.mean(drawn.std(axis=1, ddof=sampler.std_ddof)))}
     if task.refines:
         # As `cvdm-tf infer`: each sample refined against its own pair, then the mean.
         drawn = np.asarray(task.refine(drawn, measured))
         row["CVDM + step"] = {**scores(drawn.mean(axis=1)[..., 0], truths),
-                              "mean_std_rad": float(np.mean(drawn.std(axis=1, ddof=ddof)))}
+                              "mean_std_rad": float(np.mean(drawn.std(axis=1, ddof=sampler.std_ddof)))}
     wall, cpu = time.perf_counter() - began, time.process_time() - cpu
     row["cpu_seconds_per_image"] = cpu / len(truths)
     row["wall_seconds_per_image"] = wall / len(truths)

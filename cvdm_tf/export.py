@@ -90,8 +90,7 @@ class ExportedSampler(tf.Module):
         mean, std = out["mean"] * scale + offset, out["std"] * tf.abs(scale)
         if task.refines:  # as `inference.reconstruct`: each sample refined, then mean and std taken anew
             drawn = task.refine(drawn, condition)
-            ddof = 0 if getattr(self.sampler, "antithetic", False) else 1  # antithetic pairs: see sampler.py
-            mean, std = tf.reduce_mean(drawn, axis=1), sample_std(drawn, ddof=ddof)
+            mean, std = tf.reduce_mean(drawn, axis=1), sample_std(drawn, ddof=self.sampler.std_ddof)
         mean = image(mean)
         return {
             "mean": mean,

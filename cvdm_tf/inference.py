@@ -50,6 +50,8 @@ __all__ = ["InferReport", "infer_paths", "reconstruct", "write_outputs", "OUTPUT
 
 #: Output files per image NAME: NAME_<suffix>.
 OUTPUTS = ("mean", "std", "schedule", "preview")
+# The point estimates an image can have: the samples' mean, and on request their median and the mean network's.
+ESTIMATES = ("mean", "median", "mean_network")
 
 
 # === Files to outputs ===
@@ -264,7 +266,7 @@ def write_outputs(out_dir: Path, name: str, raw: np.ndarray, result: dict, unit:
     channel = {key: f"{key} ({unit})" if unit else key for key in ("mean", "median", "std")}
     channel["mean_network"] = f"E[x|y] of the mean network ({unit})" if unit else "E[x|y] of the mean network"
     channel["schedule"] = "schedule (tau rho(1), dimensionless)"
-    for key in ("mean", "median", "mean_network", "std", "schedule"):
+    for key in (*ESTIMATES, "std", "schedule"):
         if key not in result:
             continue
         paths.append(io.write_tiff(out_dir / f"{name}_{key}.tif", result[key], pixel_size_um=pixel_size_um,
@@ -380,7 +382,7 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
     if mean_network and getattr(model, "mean_net", None) is None:
         raise InputError("this model has no mean network (model.mean is neither \"network\" nor "
                          "\"condition+network\")")
-    if getattr(sampler, "antithetic", False) and samples % 2:
+    if sampler.antithetic and samples % 2:
         raise InputError(f"{samples} samples: this model's sampler draws them in antithetic pairs "
                          "(sampler.antithetic), so K must be even")
     chunking = {"chunk": chunk, "callback": step_progress} if chunk and isinstance(sampler, Sampler) else {}
@@ -418,8 +420,7 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         drawn = (drawn * scale + offset).astype(np.float32)
     if task.refines:
         drawn = np.asarray(task.refine(drawn, raw), np.float32)
-        ddof = 0 if getattr(sampler, "antithetic", False) else 1  # antithetic pairs: sampler.py's docstring
-        std = drawn.std(axis=0, ddof=ddof) if len(drawn) > 1 else np.zeros_like(drawn[0])
+        std = drawn.std(axis=0, ddof=sampler.std_ddof) if len(drawn) > 1 else np.zeros_like(drawn[0])
         result = {"mean": drawn.mean(axis=0), "std": std.astype(np.float32), "schedule": schedule}
     else:
         mean = (blended["mean"][crop] * scale + offset).astype(np.float32)

@@ -93,6 +93,9 @@ class Predictor(tf.Module):
     """The sampler's contract for a `Regression`: `sample(y, steps, samples, seed, deterministic)` and
     `__call__(y, steps, samples, seed, method)` give mean = the prediction, std = schedule = 0."""
 
+    antithetic = False  # one answer: nothing to pair (the `Sampler` attributes callers read)
+    std_ddof = 1
+
     def __init__(self, model, name: str = "predictor"):
         super().__init__(name=name)
         self.model = model

@@ -110,6 +110,8 @@ class Sampler(tf.Module):
         self.clip = float(model.model_config.x_range if clip is None else clip)
         self.discretisation, self.grid, self.precision = discretisation, grid, resolve_precision(precision)
         self.antithetic = bool(antithetic)
+        # The std of K independent samples (ddof = 1) or of K / 2 antithetic pairs (ddof = 0; module docstring).
+        self.std_ddof = 0 if self.antithetic else 1
         self.size_multiple = model.model_config.size_multiple
         channels = model.model_config.condition_channels
         self.sample = tf.function(
@@ -225,7 +227,7 @@ class Sampler(tf.Module):
         height, width = tf.shape(x)[1], tf.shape(x)[2]
         x = tf.reshape(x, [batch, samples, height, width, -1])
         mean = tf.reduce_mean(x, axis=1)
-        std = sample_std(x, ddof=0 if self.antithetic else 1)
+        std = sample_std(x, ddof=self.std_ddof)
         crop = lambda v: crop_to(v, size)  # noqa: E731
         out = {
             "mean": crop(mean),

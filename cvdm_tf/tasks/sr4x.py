@@ -206,6 +206,7 @@ class SR4xTask(Task):
         values, or float32 in the float input's own range), the same for NAME_median and NAME_mean_network where
         `result` has them (`infer --median`, `--mean-network`), NAME_std.tif (float32, the same units),
         NAME_schedule.tif and NAME_preview.png."""
+        from cvdm_tf.inference import ESTIMATES
         from cvdm_tf.previews import preview_image
 
         dtype, low, high = self._value_ranges.get(os.fspath(source), (np.dtype(np.uint8), 0.0, 255.0))
@@ -219,7 +220,7 @@ class SR4xTask(Task):
             to_input = lambda unit: (unit * span + low).astype(np.float32)  # noqa: E731
         out_dir = Path(out_dir)
         paths = []
-        for key in ("mean", "median", "mean_network"):
+        for key in ESTIMATES:
             if key in result:
                 unit = np.clip(result[key], 0.0, 1.0)
                 paths += [io.write_png(out_dir / f"{name}_{key}.png", _to_uint8(unit)),
