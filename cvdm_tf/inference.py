@@ -382,9 +382,6 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
     if mean_network and getattr(model, "mean_net", None) is None:
         raise InputError("this model has no mean network (model.mean is neither \"network\" nor "
                          "\"condition+network\")")
-    if sampler.antithetic and samples % 2:
-        raise InputError(f"{samples} samples: this model's sampler draws them in antithetic pairs "
-                         "(sampler.antithetic), so K must be even")
     chunking = {"chunk": chunk, "callback": step_progress} if chunk and isinstance(sampler, Sampler) else {}
     calls = [0]
 

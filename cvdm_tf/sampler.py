@@ -74,6 +74,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from cvdm_tf.config import SamplerConfig
+from cvdm_tf.errors import InputError
 from cvdm_tf.networks import crop_to, pad_to_multiple
 
 ALPHA_MIN, ALPHA_MAX = 1e-6, 0.99999  # eq. 10's clip (paper discretisation only)
@@ -137,7 +138,8 @@ class Sampler(tf.Module):
         if method not in ("ddpm", "ddim"):
             raise ValueError(f"unknown sampler {method!r} (ddpm or ddim)")
         if self.antithetic and int(samples) % 2:
-            raise ValueError(f"antithetic sampling draws samples in pairs: K must be even, got {int(samples)}")
+            raise InputError(f"{int(samples)} samples: this model samples in antithetic pairs (sampler.antithetic), "
+                             "so K must be even")
         args = (tf.convert_to_tensor(y, tf.float32), tf.constant(steps, tf.int32), tf.constant(samples, tf.int32),
                 tf.constant(seed, tf.int32), tf.constant(method == "ddim"))
         if chunk is None:
@@ -148,7 +150,7 @@ class Sampler(tf.Module):
         start = self._start(y, steps, samples, seed)
         walk = Discretisation(self.model.schedule, start["tau_k"], steps, self.discretisation, self.grid)
         _, _, x_hat = self._walk(walk, start["y_k"], start["z"], walk.last(), start["x_hat"], steps,
-                                 tf.constant(0), seed, deterministic, samples)
+                                 tf.constant(0), seed, deterministic)
         return self._finish(start["y"], start["size"], start["magnitude"], x_hat, samples)
 
     def _start(self, y, steps, samples, seed):
@@ -159,21 +161,22 @@ class Sampler(tf.Module):
         tau = schedule.tau(y)
         y_k = tf.repeat(y, samples, axis=0)
         tau_k = tf.repeat(tau, samples, axis=0)
-        z_T = self._normal(tf.shape(tau_k), tf.stack([seed, 0]), samples)
+        if self.antithetic:  # the exported graph's guard (`__call__` checks before tracing)
+            tf.debugging.assert_equal(samples % 2, 0, message="antithetic sampling: K must be even")
+        z_T = self._normal(tf.shape(tau_k), tf.stack([seed, 0]))
         return {"y": y, "size": tf.stack(size), "magnitude": schedule.magnitude(tau), "y_k": y_k, "tau_k": tau_k,
                 "z": z_T, "x_hat": tf.zeros_like(z_T)}
 
-    def _normal(self, shape, seed, samples):
+    def _normal(self, shape, seed):
         """Standard normal noise [B K, H, W, C] for a step; antithetic: each condition's samples 2j and 2j + 1
         opposite (pairs never straddle two conditions, K being even)."""
         if not self.antithetic:
             return tf.random.stateless_normal(shape, seed=seed)
-        tf.debugging.assert_equal(samples % 2, 0, message="antithetic sampling: K must be even")
         half = tf.concat([[shape[0] // 2], shape[1:]], axis=0)
         eps = tf.random.stateless_normal(half, seed=seed)
         return tf.reshape(tf.stack([eps, -eps], axis=1), shape)
 
-    def _walk(self, walk, y_k, z, log_gbar, x_hat, first, last, seed, deterministic, samples):
+    def _walk(self, walk, y_k, z, log_gbar, x_hat, first, last, seed, deterministic):
         """Reverse steps i = first, first - 1, ..., last + 1: (z_last, log gbar_last, x_hat of step last + 1)."""
         model = self.model
 
@@ -193,7 +196,7 @@ class Sampler(tf.Module):
                 eps_hat = (z - tf.sqrt(gbar) * x_hat) / tf.sqrt(tf.maximum(one_minus_gbar, 1e-12))
             sigma2 = one_minus_gbar_prev / tf.maximum(one_minus_gbar, 1e-12) * -tf.math.expm1(la)
             sigma2 = tf.where(deterministic, tf.zeros_like(sigma2), sigma2)
-            noise = self._normal(tf.shape(z), tf.stack([seed, i]), samples)
+            noise = self._normal(tf.shape(z), tf.stack([seed, i]))
             z_prev = (
                 tf.sqrt(gbar_prev) * x_hat
                 + tf.sqrt(tf.maximum(one_minus_gbar_prev - sigma2, 0.0)) * eps_hat
@@ -254,7 +257,7 @@ class Sampler(tf.Module):
         while i >= 1:
             last = max(i - chunk, 0)
             z, log_gbar, x_hat = walk_fn(start["y_k"], start["tau_k"], z, log_gbar, x_hat, tf.constant(i),
-                                         tf.constant(last), steps, seed, deterministic, samples)
+                                         tf.constant(last), steps, seed, deterministic)
             i = last
             if callback is not None:
                 callback(total - i, total)
@@ -271,14 +274,14 @@ class Sampler(tf.Module):
             walk = Discretisation(self.model.schedule, out["tau_k"], steps, self.discretisation, self.grid)
             return {**out, "log_gbar": walk.last()}
 
-        def walk(y_k, tau_k, z, log_gbar, x_hat, first, last, steps, seed, deterministic, samples):
+        def walk(y_k, tau_k, z, log_gbar, x_hat, first, last, steps, seed, deterministic):
             grid = Discretisation(self.model.schedule, tau_k, steps, self.discretisation, self.grid)
-            return self._walk(grid, y_k, z, log_gbar, x_hat, first, last, seed, deterministic, samples)
+            return self._walk(grid, y_k, z, log_gbar, x_hat, first, last, seed, deterministic)
 
         return (
             tf.function(start, input_signature=[condition, scalar, scalar, scalar]),
             tf.function(walk, input_signature=[condition, target, target, target, target, scalar, scalar, scalar,
-                                               scalar, tf.TensorSpec([], tf.bool), scalar]),
+                                               scalar, tf.TensorSpec([], tf.bool)]),
             tf.function(self._finish, input_signature=[condition, tf.TensorSpec([2], tf.int32), target, target,
                                                        scalar]),
         )

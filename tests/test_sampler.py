@@ -360,8 +360,11 @@ def test_antithetic_pairs_cancel_in_the_mean_where_sampling_is_linear(method):
 
 def test_antithetic_sampling_needs_an_even_k():
     sampler = Sampler(ExactGaussianModel(0.0, 1.0), antithetic=True)
-    with pytest.raises(ValueError, match="even"):
+    with pytest.raises(InputError, match="K must be even"):
         sampler(tf.zeros([1, 8, 8, 1]), steps=2, samples=3)
+    # The compiled graph, as exported (the message is matched in full: TF's names the calling test's own name).
+    with pytest.raises(tf.errors.InvalidArgumentError, match="antithetic sampling: K must be even"):
+        sampler.sample(tf.zeros([1, 8, 8, 1]), tf.constant(2), tf.constant(3), tf.constant(0), tf.constant(False))
     with pytest.raises(InputError, match="even"):
         SamplerConfig(samples=5, antithetic=True)
     # The chunked (cancellable) path draws the same pairs.
