@@ -12,9 +12,9 @@ with the task's PSF (iterations tuned on these cells' truth: an oracle) and bicu
 input's own resolution for scale. Metrics as `cvdm-tf eval --task biosr` (and the paper's Table 1): each image
 percentile-normalised to [0, 1], then MAE and MS-SSIM; resolution in nm by decorrelation analysis; the spectral
 error (dB: mean |10 log10| of the ratio of radially averaged power spectra, from 1/16 of Nyquist up to the target's
-MTF10, `BioSRTask.target_band_limit`), which a smooth estimate loses and a posterior sample should not. Each diffusion run is scored twice: the mean of its K
-samples, and its first sample alone ("one sample"). Writes a markdown file with a table per structure and the
-paper's Table 1 beside it.
+MTF10, `BioSRTask.target_band_limit`), which a smooth estimate loses and a posterior sample should not. Each
+diffusion run is scored twice: the mean of its K samples, and its first sample alone ("one sample"). Writes a
+markdown file with a table per structure and the paper's Table 1 beside it.
 """
 
 from __future__ import annotations
