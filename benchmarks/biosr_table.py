@@ -13,8 +13,9 @@ input's own resolution for scale. Metrics as `cvdm-tf eval --task biosr` (and th
 percentile-normalised to [0, 1], then MAE and MS-SSIM; resolution in nm by decorrelation analysis; the spectral
 error (dB: mean |10 log10| of the ratio of radially averaged power spectra, from 1/16 of Nyquist up to the target's
 MTF10, `BioSRTask.target_band_limit`), which a smooth estimate loses and a posterior sample should not. Each
-diffusion run is scored twice: the mean of its K samples, and its first sample alone ("one sample"). Writes a
-markdown file with a table per structure and the paper's Table 1 beside it.
+diffusion run is scored as the mean of its K samples, its first sample alone ("one sample"), and its point
+estimate where that is another (`sampler.estimate`: "median of K", "mean network"; `--median`, `--mean-network` add
+them). Writes a markdown file with a table per structure and the paper's Table 1 beside it.
 """
 
 from __future__ import annotations
@@ -81,7 +82,10 @@ def main(argv=None):
     parser.add_argument("--out", help="markdown file to write (e.g. docs/results-biosr.md)")
     parser.add_argument("--json", help="write the mean scores over all held-out cells here (method -> metric)")
     parser.add_argument("--median", action="store_true", help="also score the per-pixel median of the K samples "
-                        "(the posterior median: the estimate of least expected absolute error)")
+                        "(the posterior median: the estimate of least expected absolute error); always for a run "
+                        "whose point estimate (sampler.estimate) it is")
+    parser.add_argument("--mean-network", action="store_true", help="also score the mean network's own E[x|y] "
+                        "(runs with one; always for a run whose point estimate it is)")
     args = parser.parse_args(argv)
 
     runs = [load_run(path) for path in args.model]
@@ -109,17 +113,21 @@ def main(argv=None):
             began = time.process_time()
             diffusion = run_config.model.kind != "regression"
             for case in cases:
+                mean_network = diffusion and (args.mean_network or run_config.sampler.estimate == "mean_network")
                 out = reconstruct(model, task, case.measurement, samples=args.samples,
                                   steps=args.steps or run_config.sampler.steps,
                                   method=args.sampler or run_config.sampler.method,
-                                  seed=0, sampler=sampler, keep_samples=diffusion)
+                                  seed=0, sampler=sampler, keep_samples=diffusion, mean_network=mean_network)
                 scores.setdefault(name, []).append((case.group, task.score(out["mean"][..., 0], case.truth)))
                 if diffusion:  # what a posterior sample should win: the truth's texture (spectral error)
                     scores.setdefault(f"{name}, one sample", []).append(
                         (case.group, task.score(out["samples"][0, ..., 0], case.truth)))
-                    if args.median:
+                    if args.median or run_config.sampler.estimate == "median":
                         scores.setdefault(f"{name}, median of K", []).append(
                             (case.group, task.score(np.median(out["samples"][..., 0], axis=0), case.truth)))
+                    if mean_network:
+                        scores.setdefault(f"{name}, mean network", []).append(
+                            (case.group, task.score(out["mean_network"][..., 0], case.truth)))
             seconds[name] = (time.process_time() - began) / len(cases)
         for name, baseline in baselines.items():
             for case in cases:

@@ -12,7 +12,8 @@ Each tile is downsampled 4x with the run's kernel (antialiased, 8-bit), reconstr
 labelled from their configs) and by bicubic upsampling. Metrics as `cvdm-tf eval --task sr4x`: PSNR / SSIM on
 RGB in [0, 255] and on the ITU-R BT.601 luma Y, a 4 px border shaved, the estimate rounded to 8 bits; the
 spectral error of the luma (dB), which a smooth estimate loses and a posterior sample should not. Each diffusion
-run is scored twice: the mean of its K samples, and its first sample alone ("one sample").
+run is scored as the mean of its K samples, its first sample alone ("one sample"), and its point estimate where
+that is another (`sampler.estimate`: "median of K", "mean network"; `--median`, `--mean-network` add them).
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, help="sampling steps (default: each run's)")
     parser.add_argument("--sampler", choices=["ddpm", "ddim"], help="default: each run's")
     parser.add_argument("--antithetic", choices=["yes", "no"], help="samples in antithetic pairs (default: each run's)")
+    parser.add_argument("--median", action="store_true", help="also score the per-pixel median of the K samples "
+                        "(always for a run whose point estimate, sampler.estimate, it is)")
+    parser.add_argument("--mean-network", action="store_true", help="also score the mean network's own E[x|y] "
+                        "(runs with one; always for a run whose point estimate it is)")
     parser.add_argument("--data", help="evaluate on these HR images instead (a folder or a file)")
     parser.add_argument("--out", help="markdown file to write (e.g. docs/results-sr.md)")
     parser.add_argument("--json", help="write the mean scores here (method -> metric)")
@@ -96,13 +101,18 @@ def main(argv=None):
         diffusion = run_config.model.kind != "regression"
         began = time.process_time()
         for case in cases:
+            median = diffusion and (args.median or run_config.sampler.estimate == "median")
+            mean_network = diffusion and (args.mean_network or run_config.sampler.estimate == "mean_network")
             out = reconstruct(model, task, case.measurement, samples=args.samples,
                               steps=args.steps or run_config.sampler.steps,
                               method=args.sampler or run_config.sampler.method, seed=0, sampler=sampler,
-                              keep_samples=diffusion)
+                              keep_samples=diffusion, median=median, mean_network=mean_network)
             rows.setdefault(name, []).append(task.score(out["mean"], case.truth))
             if diffusion:  # what a posterior sample should win: the truth's texture (spectral error)
                 rows.setdefault(f"{name}, one sample", []).append(task.score(out["samples"][0], case.truth))
+            for key, row in (("median", "median of K"), ("mean_network", "mean network")):
+                if key in out:
+                    rows.setdefault(f"{name}, {row}", []).append(task.score(out[key], case.truth))
         seconds[name] = (time.process_time() - began) / len(cases)
     for name, make in task.baselines().items():
         baseline = make()
@@ -114,7 +124,8 @@ def main(argv=None):
     lines = ["# 4x super-resolution of natural images: CVDM and baselines\n",
              f"`python benchmarks/sr_table.py {' '.join(argv or sys.argv[1:])}`\n",
              f"{where}; {config.data.resampling} 4x downsampling (antialiased, 8 bits); K = {args.samples} samples, "
-             f"their mean scored (and each diffusion run's first sample alone: \"one sample\"). PSNR / SSIM on RGB in "
+             f"their mean scored (and each diffusion run's first sample alone: \"one sample\"; its median, its mean "
+             "network's E[x|y]). PSNR / SSIM on RGB in "
              "[0, 255] and on the BT.601 luma Y, 4 px border shaved; spectral error: mean |10 log10| of the ratio of "
              "the luma's radially averaged power spectra, 1/16 of Nyquist to Nyquist. "
              "CPU seconds per tile: " + ", ".join(f"{name} {value:.1f}" for name, value in seconds.items()) + "\n",

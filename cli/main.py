@@ -318,7 +318,8 @@ def simulate(task, input_path, out, noise, seed, task_values):
 @command
 def infer(run_dir, input_path, out, samples, steps, method, seed, batch_size, tile, median, mean_network, precision,
           task, task_values):
-    """Reconstruct: NAME_mean.tif, NAME_std.tif (uncertainty), NAME_schedule.tif, NAME_preview.png per image."""
+    """Reconstruct: NAME_mean.tif, NAME_std.tif (uncertainty), NAME_schedule.tif, NAME_preview.png per image, and
+    the run's point estimate where it is not the mean (NAME_median or NAME_mean_network; `cvdm-tf models`)."""
     from cvdm_tf.inference import infer_paths
     from cvdm_tf.runs import model_config
 
@@ -467,7 +468,10 @@ def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, co
                       progress=lambda i, n, name: click.echo(f"[{i}/{n}] {name}", err=True))
     io.write_json(report_path, report)
     click.echo(markdown_table(report, task_object.score_columns))
-    click.echo(f"\nper-image metrics in {report_path}")
+    estimate = {"mean": "mean", "median": "median", "mean_network": "mean network's estimate"}[report["estimate"]]
+    click.echo(f"\ncvdm: the run's point estimate, the {estimate} (K = {report['samples']} samples of T = "
+               f"{report['steps']} {report['sampler']} steps; std maps and calibration from the samples)")
+    click.echo(f"per-image metrics in {report_path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

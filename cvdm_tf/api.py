@@ -40,9 +40,11 @@ class Prediction:
         schedule: float32, same shape: the learned schedule's magnitude tau * rho(1) (where the model finds it hard).
         samples: float32 [K, ...] or None: every sample, when `predict(..., keep_samples=True)`.
         median: float32 like mean, or None: the per-pixel median of the K samples (the estimate of least expected
-            absolute error), when `predict(..., median=True)`.
+            absolute error), when `predict(..., median=True)` or it is the run's estimate.
         mean_network: float32 like mean, or None: the mean network's estimate of E[x | y] (no samples), when
-            `predict(..., mean_network=True)` on a model that has one.
+            `predict(..., mean_network=True)` on a model that has one, or it is the run's estimate.
+        estimate: str. The run's point estimate (`sampler.estimate`, chosen on validation images): "mean",
+            "median" or "mean_network"; `point_estimate` is that array.
         unit: str. The unit of mean, std and samples ("" for relative intensities).
         pixel_size_um: float or None. The outputs' pixel size (the task's output grid), when known.
     """
@@ -55,6 +57,12 @@ class Prediction:
     pixel_size_um: float | None
     median: np.ndarray | None = None
     mean_network: np.ndarray | None = None
+    estimate: str = "mean"
+
+    @property
+    def point_estimate(self) -> np.ndarray:
+        """The run's point estimate of x given y (`estimate`): the array to use as "the" reconstruction."""
+        return getattr(self, self.estimate)
 
 
 class Model:
@@ -126,17 +134,22 @@ class Model:
                           schedule=squeeze(result["schedule"]),
                           samples=squeeze(result["samples"]) if keep_samples else None,
                           unit=task.target_unit, pixel_size_um=task.output_pixel_size_um,
-                          median=squeeze(result["median"]) if median else None,
-                          mean_network=squeeze(result["mean_network"]) if mean_network else None)
+                          median=squeeze(result["median"]) if "median" in result else None,
+                          mean_network=squeeze(result["mean_network"]) if "mean_network" in result else None,
+                          estimate=self.config.sampler.estimate)
 
     def reconstruct(self, task, raw, samples: int | None = None, steps: int | None = None, method: str | None = None,
                     seed: int = 0, **options) -> dict:
         """`inference.reconstruct` of one raw measurement [h, w, C] already read by `task` (e.g. `task.read_file`,
         as `cvdm-tf infer` reads files), with this model's sampler and the run's K, T and method by default: dict
-        of mean, std, schedule [H, W, C] in physical units (and samples with `keep_samples=True`). `options`:
-        tile, batch_size, keep_samples, median, mean_network, progress, chunk, step_progress."""
+        of mean, std, schedule [H, W, C] in physical units (and samples with `keep_samples=True`), and the run's
+        point estimate (`sampler.estimate`: median or mean_network) whatever `options` ask. `options`: tile,
+        batch_size, keep_samples, median, mean_network, progress, chunk, step_progress."""
         from cvdm_tf.inference import reconstruct
 
+        estimate = self.config.sampler.estimate
+        options["median"] = options.get("median", False) or estimate == "median"
+        options["mean_network"] = options.get("mean_network", False) or estimate == "mean_network"
         return reconstruct(self.network, task, raw, samples=samples or self.config.sampler.samples,
                            steps=steps or self.config.sampler.steps, method=method or self.config.sampler.method,
                            seed=seed, sampler=self.sampler, **options)

@@ -32,6 +32,9 @@ SCHEDULES = ("learned", "learned-global", "linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
 NORMS = ("none", "instance", "group")
 MEANS = ("none", "network", "condition", "condition+network")
+# A run's point estimate of x given y: the mean of the K samples (E[x|y], least squared error), their per-pixel
+# median (least absolute error), or the mean network's own E[x|y] (no samples; models with a mean network).
+ESTIMATES = ("mean", "median", "mean_network")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DENOISERS = ("unet", "sr3")
 
@@ -181,6 +184,7 @@ class SamplerConfig:
     grid: str = "uniform"
     precision: str = "auto"
     antithetic: bool = False  # samples in pairs of opposite noise (sampler.py): the mean nears E[x | y] sooner
+    estimate: str = "mean"  # the point estimate `infer` writes besides the mean and shows (ESTIMATES)
 
     def __post_init__(self):
         check_positive("sampler.steps", self.steps)
@@ -192,6 +196,7 @@ class SamplerConfig:
         check_choice("sampler.discretisation", self.discretisation, self.DISCRETISATIONS)
         check_choice("sampler.grid", self.grid, self.GRIDS)
         check_choice("sampler.precision", self.precision, self.PRECISIONS)
+        check_choice("sampler.estimate", self.estimate, ESTIMATES)
 
 
 def _default_data():
@@ -218,6 +223,9 @@ class Config:
         if not isinstance(self.data, expected):
             raise InputError(f"data: task {self.task!r} needs its own [data] table ({expected.__module__}), got "
                              f"{type(self.data).__module__}")
+        if self.sampler.estimate == "mean_network" and not self.model.mean.endswith("network"):
+            raise InputError(f"sampler.estimate = \"mean_network\" needs a mean network (model.mean = \"network\" or "
+                             f"\"condition+network\"), got model.mean = {self.model.mean!r}")
         # Training crops go through the U-Nets whole (no padding), so they must survive `depth` halvings.
         multiple = self.model.size_multiple
         if self.data.image_size % multiple:

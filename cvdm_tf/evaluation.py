@@ -3,12 +3,14 @@
 For each evaluation case of the task (`task.eval_cases`: QPI simulates measurements from ground-truth phase
 images; BioSR reads measured widefield / SIM pairs, or simulates them from structure images):
     1. the truth in physical units, and the raw measurement;
-    2. reconstructions: the model (mean of K samples, with its std and schedule maps) and each baseline (tuned
+    2. reconstructions: the model (its point estimate, `sampler.estimate`: the mean of K samples, their median or
+       the mean network's; with the std and schedule maps of the samples) and each baseline (tuned
        once on all cases first: an oracle where the baseline's parameter is chosen on the truth, so it is the
        best that baseline can do);
     3. the task's metrics against the truth (`task.score`: MAE, PSNR, SSIM and MS-SSIM for every task, plus its
        own, e.g. resolution for microscopy), and for the model the rank correlations of its std and schedule maps
-       with its error (both centred the way the task scores: offset-free for QPI).
+       with the error of the samples' mean, and the calibration of that std (both centred the way the task
+       scores: offset-free for QPI).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
         reader_options: dict of the task's reader options (QPI: a z-stack's z_step_um, ...).
         progress: callable(i, n, name) or None.
     """
-    from cvdm_tf.inference import reconstruct
     from cvdm_tf.sampler import sampler_for
 
     for label, (other, _) in (compare or {}).items():
@@ -68,11 +69,12 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
     others = {label: (other, other_model, sampler_for(other_model, other.sampler))
               for label, (other, other_model) in (compare or {}).items()}
     for i, case in enumerate(cases):
-        out = reconstruct(model, task, case.measurement, samples=samples, steps=steps, method=method, seed=seed,
-                          sampler=sampler)
+        out = _reconstruct(config, model, task, case.measurement, samples=samples, steps=steps,
+                           method=method, seed=seed, sampler=sampler)
         mean = _image(out["mean"])
         truth = np.asarray(case.truth)
-        row = {"name": case.name, "group": case.group, "shape": list(truth.shape), "cvdm": task.score(mean, truth)}
+        row = {"name": case.name, "group": case.group, "shape": list(truth.shape),
+               "cvdm": task.score(_image(out[config.sampler.estimate]), truth)}
         # The error the maps should track, centred as the task scores it (QPI: each image's mean phase removed).
         centred_mean, centred_truth = task.centre(mean, truth)
         row["cvdm"].update(metrics.uncertainty_correlations(_image(out["std"]), _image(out["schedule"]),
@@ -84,9 +86,10 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
         row["cvdm"]["mean_std"] = float(np.mean(out["std"]))
         row["cvdm"]["mean_abs_error"] = float(np.mean(np.abs(centred_mean - centred_truth)))
         for label, (other, other_model, other_sampler) in others.items():
-            result = reconstruct(other_model, task, case.measurement, samples=samples, steps=other.sampler.steps,
-                                 method=other.sampler.method, seed=seed, sampler=other_sampler)
-            row[label] = task.score(_image(result["mean"]), truth)
+            result = _reconstruct(other, other_model, task, case.measurement, samples=samples,
+                                  steps=other.sampler.steps, method=other.sampler.method, seed=seed,
+                                  sampler=other_sampler)
+            row[label] = task.score(_image(result[other.sampler.estimate]), truth)
         for name, baseline in methods.items():
             row[name] = task.score(baseline(case.measurement), truth)
         images.append(row)
@@ -95,11 +98,21 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
 
     return {
         "task": config.task, "noise": noise, "samples": samples, "steps": steps, "sampler": method, "seed": seed,
+        "estimate": config.sampler.estimate,
         "precision": getattr(sampler, "precision", "float32"),
         **tuned, "images": images, "mean": _means(images, ["cvdm", *others, *methods]),
         "groups": {group: _means([row for row in images if row["group"] == group], ["cvdm", *others, *methods])
                    for group in sorted({row["group"] for row in images}) if group},
     }
+
+
+def _reconstruct(config, model, task, measurement, **options) -> dict:
+    """`inference.reconstruct` with the run's point estimate (`config.sampler.estimate`) among the outputs."""
+    from cvdm_tf.inference import reconstruct
+
+    estimate = config.sampler.estimate
+    return reconstruct(model, task, measurement, median=estimate == "median",
+                       mean_network=estimate == "mean_network", **options)
 
 
 def _image(values) -> np.ndarray:

@@ -11,6 +11,9 @@ output folder gets
                        absolute error, where the mean is that of least squared error), same units
     NAME_mean_network.tif  with `--mean-network` (models with a mean network): its estimate of E[x | y], no
                        samples, same units
+The run's point estimate (`sampler.estimate`, chosen on validation images: the card's) is always written, and is
+what the preview shows: NAME_median for a run whose estimate is the median, NAME_mean_network for the mean
+network's.
 
 One image, in order:
     1. read it with the task's reader (the readers refuse NaN/Inf, corrupt files, ...) and check its channel
@@ -40,6 +43,9 @@ from typing import Callable
 import numpy as np
 
 from cvdm_tf import __version__, io
+# The point estimates an image can have: the samples' mean, and their median and the mean network's (on request, or
+# as the run's `sampler.estimate`).
+from cvdm_tf.config import ESTIMATES
 from cvdm_tf.data import sources
 from cvdm_tf.errors import InputError
 from cvdm_tf.previews import preview_image
@@ -50,8 +56,7 @@ __all__ = ["InferReport", "infer_paths", "reconstruct", "write_outputs", "OUTPUT
 
 #: Output files per image NAME: NAME_<suffix>.
 OUTPUTS = ("mean", "std", "schedule", "preview")
-# The point estimates an image can have: the samples' mean, and on request their median and the mean network's.
-ESTIMATES = ("mean", "median", "mean_network")
+
 
 
 # === Files to outputs ===
@@ -147,6 +152,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
     progress.message(f"K = {samples} samples of T = {steps} {method} steps per image")
     report = InferReport(out_dir=out_dir, files=len(files))
     made_by = _made_by(run_dir, samples, steps, method, seed)
+    estimate = config.sampler.estimate  # written whatever the flags (`Model.reconstruct`), shown in the preview
     used: set[str] = set()
     try:
         for index, (path, base) in enumerate(files):
@@ -162,7 +168,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
             for name, raw, result in results:
                 try:
                     report.written[name] = file_task.write_outputs(out_dir, name, raw, result, source=path,
-                                                                   made_by=made_by)
+                                                                   made_by=made_by, estimate=estimate)
                 except OSError as err:
                     message = f"{path}: cannot write the outputs of {name} to {out_dir} ({err.strerror or err})"
                     report.failed.append(message)
@@ -211,6 +217,9 @@ def _infer_ome_zarr(run_dir, input_path, out_dir, api_model, samples, steps, met
             raise InputError(f"{path}: exists (remove it first)")
     partial = {key: path.with_name(f".{path.name}.partial") for key, path in final.items()}
     progress.message(f"K = {samples} samples of T = {steps} {method} steps per block of the field")
+    if config.sampler.estimate != "mean":
+        progress.message(f"this model's point estimate is its {config.sampler.estimate.replace('_', ' ')}; a field "
+                         "gets the samples' mean (NAME_mean)")
     progress.start_file(0, name)
     made_by = _made_by(run_dir, samples, steps, method, seed)
     description = "; ".join(part for part in (made_by, task.describe_physics()) if part)
@@ -258,10 +267,10 @@ def _reconstruct_file(path, base, used, api_model, samples, steps, method, seed,
 
 
 def write_outputs(out_dir: Path, name: str, raw: np.ndarray, result: dict, unit: str = "",
-                  pixel_size_um: float | None = None, description: str = "") -> list[Path]:
+                  pixel_size_um: float | None = None, description: str = "", estimate: str = "mean") -> list[Path]:
     """NAME_mean.tif, NAME_std.tif, NAME_schedule.tif (OME-TIFF: pixel size, channel name with the unit,
-    `description`), NAME_median.tif and NAME_mean_network.tif where `result` has them, and NAME_preview.png,
-    each written atomically."""
+    `description`), NAME_median.tif and NAME_mean_network.tif where `result` has them, and NAME_preview.png
+    showing the point estimate `estimate` (a key of `result`), each written atomically."""
     paths = []
     channel = {key: f"{key} ({unit})" if unit else key for key in ("mean", "median", "std")}
     channel["mean_network"] = f"E[x|y] of the mean network ({unit})" if unit else "E[x|y] of the mean network"
@@ -271,7 +280,7 @@ def write_outputs(out_dir: Path, name: str, raw: np.ndarray, result: dict, unit:
             continue
         paths.append(io.write_tiff(out_dir / f"{name}_{key}.tif", result[key], pixel_size_um=pixel_size_um,
                                    channels=[channel[key]], description=description))
-    preview = preview_image(raw, result["mean"], result["std"], result["schedule"], unit=unit)
+    preview = preview_image(raw, result[estimate], result["std"], result["schedule"], unit=unit, estimate=estimate)
     paths.append(io.write_png(out_dir / f"{name}_preview.png", preview))
     return paths
 

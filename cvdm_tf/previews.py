@@ -145,15 +145,21 @@ def _is_colour(condition, result) -> bool:
     return np.shape(condition)[-1] == 3 and np.ndim(result) == 3 and np.shape(result)[-1] == 3
 
 
+# Panel titles of the point estimates (`cvdm_tf.config.ESTIMATES`).
+ESTIMATE_TITLES = {"mean": "mean", "median": "median", "mean_network": "mean network"}
+
+
 def preview_image(condition: np.ndarray, mean: np.ndarray, std: np.ndarray, schedule: np.ndarray,
-                  unit: str = "") -> np.ndarray:
-    """The inference preview: input (first channel, or colour) | mean | std | schedule. Each [H, W] or [H, W, C];
-    3-channel images are shown in colour, std and schedule of several channels averaged over them."""
+                  unit: str = "", estimate: str = "mean") -> np.ndarray:
+    """The inference preview: input (first channel, or colour) | estimate | std | schedule. Each [H, W] or
+    [H, W, C]; 3-channel images are shown in colour, std and schedule of several channels averaged over them.
+    `mean` is the point estimate, titled by `estimate` (the samples' "mean", "median" or "mean_network")."""
     suffix = f" [{unit}]" if unit else ""
     colour = _is_colour(condition, mean)
     std_title = "std" + (" (channel mean)" if np.ndim(std) == 3 and np.shape(std)[-1] > 1 else "")
     return strip([("input" if colour else "input ch 1", _picture(condition, colour), "gray"),
-                  ("mean" + suffix, _picture(mean), "viridis"), (std_title + suffix, _magnitude(std), "magma"),
+                  (ESTIMATE_TITLES[estimate] + suffix, _picture(mean), "viridis"),
+                  (std_title + suffix, _magnitude(std), "magma"),
                   ("schedule", _magnitude(schedule), "cividis")])
 
 

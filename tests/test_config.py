@@ -91,6 +91,9 @@ def test_a_data_key_of_another_task_is_rejected():
     ({"loss": {"w": -1}}, ["loss.w: must be >= 0"]),
     ({"train": {"seed": -1}}, ["train.seed: must be in [0, 2**31)"]),
     ({"data": {"image_size": 30}}, ["data.image_size: 30 is not a multiple of 8", "use e.g. 24 or 32"]),
+    ({"sampler": {"estimate": "mode"}}, ["sampler.estimate: 'mode' is not one of mean, median, mean_network"]),
+    ({"sampler": {"estimate": "mean_network"}}, ["sampler.estimate = \"mean_network\" needs a mean network",
+                                                 "got model.mean = 'none'"]),
 ])
 def test_errors_name_the_key(data, fragments):
     message = _error(data)

@@ -308,6 +308,35 @@ def test_infer_median_is_the_median_of_the_samples_and_antithetic_runs_need_an_e
     assert result.exit_code == 0, result.stderr
 
 @pytest.mark.slow
+def test_a_runs_point_estimate_is_written_unasked_and_named_by_the_api(tiny_run, measurements, tmp_path):
+    """A run whose `sampler.estimate` is the median writes NAME_median.tif with no flag (the median of the samples
+    the API returns for the same seed), the API's prediction names it as its point estimate, and the preview
+    shows it (its panel differs from the mean's)."""
+    import cvdm_tf
+
+    run = tmp_path / "median-run"
+    shutil.copytree(tiny_run, run)
+    config = run / "config.toml"
+    config.write_text(config.read_text().replace('estimate = "mean"', 'estimate = "median"'))
+    assert 'estimate = "median"' in config.read_text()
+    small = measurements / "good" / "small.tif"
+    for folder, model in (("median", run), ("mean", tiny_run)):
+        result = _invoke("--model", model, "--input", small, "--out", tmp_path / folder, "--samples", 3,
+                         "--steps", 2, "--seed", 4)
+        assert result.exit_code == 0, result.stderr
+    assert not (tmp_path / "mean" / "small_median.tif").exists()
+    prediction = cvdm_tf.load(run).predict(_read(small), samples=3, steps=2, seed=4, keep_samples=True)
+    assert prediction.estimate == "median" and prediction.point_estimate is prediction.median
+    np.testing.assert_allclose(prediction.median, np.median(prediction.samples, axis=0), atol=1e-5)
+    np.testing.assert_allclose(_read(tmp_path / "median" / "small_median.tif")[..., 0], prediction.median,
+                               atol=1e-5)
+    np.testing.assert_array_equal(_read(tmp_path / "median" / "small_mean.tif"),
+                                  _read(tmp_path / "mean" / "small_mean.tif"))
+    assert not np.array_equal(_read(tmp_path / "median" / "small_preview.png"),
+                              _read(tmp_path / "mean" / "small_preview.png"))
+
+
+@pytest.mark.slow
 def test_infer_progress_moves_within_one_image(tiny_run, measurements, tmp_path):
     """One image, one tile: the line reports steps between 0% and 100% (the sampler runs in chunks of about a
     tenth of T), and the outputs are those of the sampler's one-call loop."""

@@ -193,8 +193,8 @@ def test_reader_opens_infer_outputs_with_their_pixel_size(tiny_run, qpi, pair, t
 
     task = qpi[1]
     io.write_tiff(tmp_path / "in" / "cell.tif", np.moveaxis(pair, 0, -1), pixel_size_um=task.data.pixel_size_um)
-    infer_paths(tiny_run, tmp_path / "in" / "cell.tif", tmp_path / "out", samples=2, steps=2)
-    files = [tmp_path / "out" / f"cell_{key}.tif" for key in ("mean", "std", "schedule")]
+    infer_paths(tiny_run, tmp_path / "in" / "cell.tif", tmp_path / "out", samples=2, steps=2, median=True)
+    files = [tmp_path / "out" / f"cell_{key}.tif" for key in ("mean", "median", "std", "schedule")]
     assert reader.get_reader(str(tmp_path / "in" / "cell.tif")) is None
     assert reader.get_reader(str(tmp_path / "out" / "cell_preview.png")) is None
     assert reader.get_reader([str(f) for f in files]) is reader.read_outputs
@@ -204,7 +204,7 @@ def test_reader_opens_infer_outputs_with_their_pixel_size(tiny_run, qpi, pair, t
         manager.register(npe2.PluginManifest.from_file(MANIFEST))
     viewer = ViewerModel()
     viewer.open([str(f) for f in files], plugin="cvdm-tf", stack=False)
-    assert [layer.name for layer in viewer.layers] == ["cell_mean", "cell_std", "cell_schedule"]
+    assert [layer.name for layer in viewer.layers] == ["cell_mean", "cell_median", "cell_std", "cell_schedule"]
     for layer, file in zip(viewer.layers, files):
         np.testing.assert_array_equal(layer.data, tifffile.imread(file))
         assert tuple(layer.scale) == pytest.approx((task.output_pixel_size_um,) * 2)
@@ -237,6 +237,9 @@ def test_sample_data_opens_through_the_manifest_and_reconstructs(qtbot, key, mod
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
     assert widget.status.value.startswith(f"added {kwargs['name']}_mean"), widget.status.value
     mean = widget.last_layers[0]
+    # The card's point estimate, where it is not the mean, right after it.
+    estimate = {"builtin:qpi": "std", "builtin:biosr": "median", "builtin:sr4x": "mean_network"}[model]
+    assert widget.last_layers[1].name == f"{kwargs['name']}_{estimate}"
     height, width = data.shape[-2:] if model == "builtin:qpi" else data.shape[:2]
     assert mean.data.shape[:2] == (scale * height, scale * width) and np.isfinite(mean.data).all()
     if "scale" in kwargs:  # the output grid's pixel

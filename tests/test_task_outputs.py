@@ -189,8 +189,9 @@ def test_biosr_eval_rows_are_the_scores_of_the_files_infer_writes(tmp_path):
 def test_sr4x_eval_rows_are_the_scores_of_the_files_infer_writes(tmp_path):
     """`evaluate` and `infer_paths` with the built-in 4x SR model on lr/ + hr/ PNG pairs (64 px crops of its
     held-out images, the LR made by Pillow's bicubic resize), same sampler and seed: every image's PSNR and SSIM,
-    on RGB and on the BT.601 luma (scikit-image's rgb2ycbcr), recomputed from NAME_mean.png and hr/NAME.png read
-    by Pillow, 4 px border shaved, agree within 1e-6 (measured: equal to 6 digits)."""
+    on RGB and on the BT.601 luma (scikit-image's rgb2ycbcr), recomputed from hr/NAME.png and the model's point
+    estimate as infer writes it unasked (its card's `sampler.estimate`: NAME_mean_network.png) read by Pillow, 4 px
+    border shaved, agree within 1e-6 (measured: equal to 6 digits)."""
     from skimage.color import rgb2ycbcr
 
     from cvdm_tf.runs import load_run
@@ -204,11 +205,11 @@ def test_sr4x_eval_rows_are_the_scores_of_the_files_infer_writes(tmp_path):
         high.resize((16, 16), Image.BICUBIC).save(pairs / "lr" / f"{source.stem}.png")
     config, task, model = load_run("builtin:sr4x")
     report = evaluate(config, task, model, pairs, samples=2, steps=3, seed=0)
-    infer_paths("builtin:sr4x", pairs / "lr", tmp_path / "out", samples=2, steps=3, seed=0, median=True,
-                mean_network=True)
-    assert len(report["images"]) == 3
+    infer_paths("builtin:sr4x", pairs / "lr", tmp_path / "out", samples=2, steps=3, seed=0, median=True)
+    assert len(report["images"]) == 3 and config.sampler.estimate == report["estimate"] == "mean_network"
     for row in report["images"]:
-        estimate = np.asarray(Image.open(tmp_path / "out" / f"{row['name']}_mean.png"), np.float64)[4:-4, 4:-4]
+        estimate = np.asarray(Image.open(tmp_path / "out" / f"{row['name']}_mean_network.png"), np.float64)[4:-4, 4:-4]
+        mean = np.asarray(Image.open(tmp_path / "out" / f"{row['name']}_mean.png"), np.float64)[4:-4, 4:-4]
         truth = np.asarray(Image.open(pairs / "hr" / f"{row['name']}.png"), np.float64)[4:-4, 4:-4]
         luma_estimate, luma_truth = (rgb2ycbcr(v / 255.0)[..., 0] for v in (estimate, truth))
         scores = {"psnr_rgb": peak_signal_noise_ratio(truth, estimate, data_range=255),
@@ -219,12 +220,11 @@ def test_sr4x_eval_rows_are_the_scores_of_the_files_infer_writes(tmp_path):
             assert row["cvdm"][key] == pytest.approx(value, rel=1e-6), (row["name"], key)
         # `--median`: written like the mean, 8 bits in, 8 bits out (of two samples, the median is their mean).
         median = np.asarray(Image.open(tmp_path / "out" / f"{row['name']}_median.png"), np.float64)[4:-4, 4:-4]
-        assert np.abs(median - estimate).max() <= 1
+        assert np.abs(median - mean).max() <= 1
         assert tifffile.imread(tmp_path / "out" / f"{row['name']}_median.tif").dtype == np.uint8
-        # `--mean-network`: the mean network's E[x|y] on the whole condition, no samples, in 8 bits as the mean.
+        # The mean network's E[x|y] on the whole condition, no samples, in 8 bits as the mean.
         _, [low] = task.read_file(pairs / "lr" / f"{row['name']}.png")  # as infer reads it: in [0, 1]
         y = task.condition(tf.constant(low))[None]
         offset, scale = (np.asarray(v) for v in task.units(tf.constant(low)))
         expected = np.round(np.clip(model.prior_mean(y).numpy()[0] * scale + offset, 0, 1) * 255)[4:-4, 4:-4]
-        written = np.asarray(Image.open(tmp_path / "out" / f"{row['name']}_mean_network.png"), np.float64)[4:-4, 4:-4]
-        assert np.abs(written - expected).max() <= 1
+        assert np.abs(estimate - expected).max() <= 1

@@ -8,24 +8,29 @@ from __future__ import annotations
 
 import numpy as np
 
-#: The outputs of one reconstruction, as `cvdm_tf.inference.reconstruct` returns them, in the order they are added.
+from cvdm_tf.config import ESTIMATES
+
+#: The outputs of one reconstruction, as `cvdm_tf.inference.reconstruct` returns them, in the order they are added
+#: (the run's point estimate after the mean, where it is another).
 OUTPUTS = ("mean", "std", "schedule")
-COLORMAPS = {"mean": "gray", "std": "magma", "schedule": "viridis"}
+COLORMAPS = {"std": "magma", "schedule": "viridis"}
 
 
 def output_layers(prediction, name: str, pixel_size_um: float | None = None) -> list[tuple]:
-    """napari LayerData tuples (data, kwargs, "image") of a reconstruction: mean, std and schedule.
+    """napari LayerData tuples (data, kwargs, "image") of a reconstruction: mean, the run's point estimate where
+    it is another (median or mean_network), std and schedule.
 
     Args:
         prediction: `cvdm_tf.api.Prediction` (mean, std, schedule [H, W] or [H, W, C]; its unit, e.g. radians).
-        name: str. The input layer's name; layers are called NAME_mean, NAME_std, NAME_schedule.
+        name: str. The input layer's name; layers are called NAME_mean, (NAME_median,) NAME_std, NAME_schedule.
         pixel_size_um: float or None. The output pixel size (None: unscaled).
 
     Returns:
-        list of (np.ndarray, dict, str), in `OUTPUTS` order.
+        list of (np.ndarray, dict, str), in `OUTPUTS` order with the estimate after the mean.
     """
     layers = []
-    for key in OUTPUTS:
+    estimate = getattr(prediction, "estimate", "mean")
+    for key in OUTPUTS[:1] + ((estimate,) if estimate != "mean" else ()) + OUTPUTS[1:]:
         value_unit = "" if key == "schedule" else prediction.unit  # tau * rho(1) is unitless
         layers.append(layer_data(getattr(prediction, key), f"{name}_{key}", key, pixel_size_um, value_unit))
     return layers
@@ -38,7 +43,7 @@ def layer_data(array: np.ndarray, name: str, kind: str, pixel_size_um: float | N
               "metadata": {"cvdm_tf": kind, "unit": value_unit, "pixel_size_um": pixel_size_um}}
     if data.ndim == 3 and data.shape[-1] == 1:
         data = data[..., 0]
-    if data.ndim == 3 and data.shape[-1] == 3 and kind == "mean":
+    if data.ndim == 3 and data.shape[-1] == 3 and kind in ESTIMATES:
         kwargs.pop("colormap")
         kwargs["rgb"] = True
         data = np.clip(data, 0.0, 1.0)  # napari shows float RGB in [0, 1]

@@ -1,15 +1,19 @@
-"""napari reader for what `cvdm-tf infer` writes: NAME_mean.tif, NAME_std.tif and NAME_schedule.tif as image
-layers, with the pixel size `cvdm_tf.io.write_tiff` stored in the TIFF (so they overlay in micrometres)."""
+"""napari reader for what `cvdm-tf infer` writes: NAME_mean.tif (and NAME_median.tif, NAME_mean_network.tif),
+NAME_std.tif and NAME_schedule.tif as image layers, with the pixel size `cvdm_tf.io.write_tiff` stored in the TIFF
+(so they overlay in micrometres)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from cvdm_tf.napari.layers import OUTPUTS, layer_data
+from cvdm_tf.config import ESTIMATES
+from cvdm_tf.napari.layers import layer_data
 
+#: The infer outputs this reader opens: the point estimates, std and schedule.
+KINDS = (*ESTIMATES, "std", "schedule")
 #: File name endings this reader claims (also in napari.yaml's filename_patterns).
-SUFFIXES = tuple(f"_{key}.{ext}" for key in OUTPUTS for ext in ("tif", "tiff"))
+SUFFIXES = tuple(f"_{key}.{ext}" for key in KINDS for ext in ("tif", "tiff"))
 
 
 def get_reader(path):
@@ -21,9 +25,10 @@ def get_reader(path):
 
 
 def output_kind(path) -> str | None:
-    """"mean", "std" or "schedule" for a file named like an infer output, else None."""
+    """The kind ("mean", "median", "mean_network", "std" or "schedule") of a file named like an infer output,
+    else None."""
     name = Path(path).name.lower()
-    for key in OUTPUTS:
+    for key in KINDS:
         if name.endswith((f"_{key}.tif", f"_{key}.tiff")):
             return key
     return None

@@ -201,11 +201,11 @@ class SR4xTask(Task):
             return [((image - low) / ((high - low) or 1.0)).astype(np.float32) for image in images]
         return [readers.to_unit_range(image, dtype) for image in images]
 
-    def write_outputs(self, out_dir, name, raw, result, source=None, made_by=""):
+    def write_outputs(self, out_dir, name, raw, result, source=None, made_by="", estimate="mean"):
         """NAME_mean.png (8 bits) and NAME_mean.tif in the input's value range and dtype family (uint8 / uint16
         values, or float32 in the float input's own range), the same for NAME_median and NAME_mean_network where
         `result` has them (`infer --median`, `--mean-network`), NAME_std.tif (float32, the same units),
-        NAME_schedule.tif and NAME_preview.png."""
+        NAME_schedule.tif and NAME_preview.png (showing `estimate`)."""
         from cvdm_tf.inference import ESTIMATES
         from cvdm_tf.previews import preview_image
 
@@ -229,8 +229,8 @@ class SR4xTask(Task):
         return paths + [io.write_tiff(out_dir / f"{name}_std.tif", std, description=made_by),
                         io.write_tiff(out_dir / f"{name}_schedule.tif", result["schedule"], description=made_by),
                         io.write_png(out_dir / f"{name}_preview.png",
-                                     preview_image(raw, np.clip(result["mean"], 0.0, 1.0), result["std"],
-                                                   result["schedule"]))]
+                                     preview_image(raw, np.clip(result[estimate], 0.0, 1.0), result["std"],
+                                                   result["schedule"], estimate=estimate))]
 
     def is_truth_file(self, path, stems):
         return path.parent.name.lower() == "hr"  # `cvdm-tf simulate` writes DIR/lr/NAME.png + DIR/hr/NAME.png
