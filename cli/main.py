@@ -288,6 +288,33 @@ def simulate(task, input_path, out, noise, seed, task_values):
     click.echo(f"wrote {count} simulated measurement(s) to {out}")
 
 
+# === distil ===
+
+
+@main.command()
+@click.option("--model", "run_dir", required=True, type=click.Path(), help=MODEL_HELP)
+@click.option("--steps", type=click.IntRange(min=1), required=True, help="N: the student's DDIM sampling steps.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="The student's run folder (absent or empty; written whole or not at all).")
+@click.option("--teacher-steps", type=click.IntRange(min=2),
+              help="The first round's teacher steps, N times a power of two; each round halves them "
+                   "(default: 4 N, two rounds).")
+@click.option("--iterations", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Training iterations per round.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Pairs per iteration (default: the run's).")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), help="The student's default K (default: the run's).")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+@command
+def distil(run_dir, steps, out, teacher_steps, iterations, batch_size, learning_rate, samples, seed):
+    """Distil a trained model into a student that samples in N deterministic steps (progressive distillation,
+    Salimans and Ho 2022; the teacher's per-pixel schedule kept): a run folder for --model like any other."""
+    from cvdm_tf.distil import distil as run
+
+    run(run_dir, out, steps, teacher_steps=teacher_steps, iterations=iterations, batch_size=batch_size,
+        learning_rate=learning_rate, samples=samples, seed=seed)
+
+
 # === infer ===
 
 

@@ -72,6 +72,8 @@ def load_run(run_dir, use_ema: bool = True):
     if not run_dir.is_dir() or not config_path.is_file():
         raise InputError(f"{run_dir}: not a run folder (no config.toml; pass the --out folder of `cvdm-tf train`, "
                          f"or a built-in model: {', '.join(builtin.PREFIX + n for n in builtin.names())})")
+    if (run_dir / builtin.WEIGHTS).is_file() and not (run_dir / "checkpoints").is_dir():
+        return builtin.load_folder(run_dir)  # weights only: a distilled student (`cvdm-tf distil`)
     config = load_config(config_path)
     model, optimizer, checkpoint = build_for_checkpoint(config)
     latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))

@@ -182,18 +182,10 @@ class Sampler(tf.Module):
 
         def step(i, z, log_gbar, x_hat):
             log_gbar_prev, la = walk.previous(i, log_gbar)
-            # Floors keep x_hat finite where gbar underflows (a steep schedule, no clip) and keep round-off from
-            # making 1 - gbar negative.
-            gbar = tf.exp(tf.maximum(log_gbar, LOG_GBAR_MIN))
             gbar_prev = tf.exp(tf.maximum(log_gbar_prev, LOG_GBAR_MIN))
             one_minus_gbar = tf.maximum(-tf.math.expm1(log_gbar), 0.0)
             one_minus_gbar_prev = tf.maximum(-tf.math.expm1(log_gbar_prev), 0.0)
-            eps_hat = model((z, y_k, gbar))
-            x_hat = (z - tf.sqrt(one_minus_gbar) * eps_hat) / tf.sqrt(gbar)
-            if self.clip > 0:
-                x_hat = tf.clip_by_value(x_hat, -self.clip, self.clip)
-                # Keep eps_hat consistent with the clipped x_hat (as DDIM implementations do).
-                eps_hat = (z - tf.sqrt(gbar) * x_hat) / tf.sqrt(tf.maximum(one_minus_gbar, 1e-12))
+            x_hat, eps_hat = denoise(model, z, y_k, log_gbar, self.clip)
             sigma2 = one_minus_gbar_prev / tf.maximum(one_minus_gbar, 1e-12) * -tf.math.expm1(la)
             sigma2 = tf.where(deterministic, tf.zeros_like(sigma2), sigma2)
             noise = self._normal(tf.shape(z), tf.stack([seed, i]))
@@ -285,6 +277,21 @@ class Sampler(tf.Module):
             tf.function(self._finish, input_signature=[condition, tf.TensorSpec([2], tf.int32), target, target,
                                                        scalar]),
         )
+
+
+def denoise(model, z, y, log_gbar, clip: float = 0.0):
+    """(x_hat, eps_hat) of one step: the denoiser's eps_hat(z, y, gbar) and x_hat = (z - sqrt(1 - gbar) eps_hat) /
+    sqrt(gbar); with clip > 0, x_hat clipped to [-clip, clip] and eps_hat made consistent with it (as DDIM
+    implementations do). Floors keep x_hat finite where gbar underflows (a steep schedule, no clip) and keep
+    round-off from making 1 - gbar negative."""
+    gbar = tf.exp(tf.maximum(log_gbar, LOG_GBAR_MIN))
+    one_minus_gbar = tf.maximum(-tf.math.expm1(log_gbar), 0.0)
+    eps_hat = model((z, y, gbar))
+    x_hat = (z - tf.sqrt(one_minus_gbar) * eps_hat) / tf.sqrt(gbar)
+    if clip > 0:
+        x_hat = tf.clip_by_value(x_hat, -clip, clip)
+        eps_hat = (z - tf.sqrt(gbar) * x_hat) / tf.sqrt(tf.maximum(one_minus_gbar, 1e-12))
+    return x_hat, eps_hat
 
 
 class Discretisation:

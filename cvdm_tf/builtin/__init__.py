@@ -77,11 +77,16 @@ def sample_measurement(spec):
 
 def load(spec):
     """(config, task, model) of a built-in model, like `runs.load_run` gives for a run folder."""
+    return load_folder(folder(spec))
+
+
+def load_folder(path: Path):
+    """(config, task, model) of a folder that `save` wrote: config.toml and the weights to sample with (a built-in
+    model, or a run of `cvdm-tf distil`)."""
     from cvdm_tf.config import load_config
     from cvdm_tf.model import build_model
     from cvdm_tf.tasks import make_task
 
-    path = folder(spec)
     config = load_config(path / "config.toml")
     model = build_model(config)
     model.load_weights(path / WEIGHTS)
