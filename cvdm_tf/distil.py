@@ -167,7 +167,9 @@ def distil(spec, out_dir, steps: int, teacher_steps: int | None = None, iteratio
     samples = samples or config.sampler.samples
     if config.sampler.antithetic and samples % 2:
         raise InputError(f"--samples {samples}: this model samples in antithetic pairs, so K must be even")
-    student_config = config.replace(sampler={"method": "ddim", "steps": steps, "samples": samples})
+    # The grid the student learned: t_i = i / N, gbar_i = gamma(t_i, y).
+    student_config = config.replace(sampler={"method": "ddim", "steps": steps, "samples": samples,
+                                             "grid": "uniform", "discretisation": "exact"})
 
     import keras
     import tensorflow as tf

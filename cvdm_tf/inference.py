@@ -58,7 +58,6 @@ __all__ = ["InferReport", "infer_paths", "reconstruct", "write_outputs", "OUTPUT
 OUTPUTS = ("mean", "std", "schedule", "preview")
 
 
-
 # === Files to outputs ===
 
 
