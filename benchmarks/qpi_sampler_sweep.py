@@ -1,11 +1,12 @@
 """QPI: choose the sampler (method, T, K) and the data-consistency weight on validation camera frames.
 
     python benchmarks/qpi_sampler_sweep.py --model RUN [--seed 4321] [--images 12] [--setting ddpm:2:8 ...]
+                                           [--weight 1000 ...]
 
 Validation frames, never the benchmark's: the camera frames of `qpi_vs_tie.py` made from cell fields of another
 seed (4321; the test fields use 1234, training 2024), no natural image, the paper's noise, at the run's default
 microscope and at 0.60 / 0.16 / 2.0 um. For each sampler setting the mean of the samples, alone and after one
-data-consistency step at 100, 1000 and 10000 times the noise-adaptive weight, and the same for a mean network's own
+data-consistency step at 100, 1000 and 10000 (`--weight`) times the noise-adaptive weight, and the same for a mean network's own
 estimate where the run has one. Prints the offset-free MAE (rad).
 """
 
@@ -39,7 +40,11 @@ def main(argv=None):
     parser.add_argument("--setting", action="append",
                         help="METHOD:T:K[:a] to measure, :a for antithetic pairs (repeatable; default: the sweep of "
                         "SETTINGS)")
+    parser.add_argument("--weight", type=float, action="append",
+                        help="data-consistency weight in units of the noise-adaptive one (repeatable; default: "
+                        + ", ".join(f"{w:g}" for w in WEIGHTS) + ")")
     args = parser.parse_args(argv)
+    weights = args.weight or WEIGHTS
     settings = SETTINGS
     if args.setting:
         settings = [(m, int(t), int(k), rest == ["a"]) for m, t, k, *rest in (s.split(":") for s in args.setting)]
@@ -48,8 +53,8 @@ def main(argv=None):
                 for pairs in (False, True)}
     frames = make_task(task.name, dataclasses.replace(config.data, camera_crop=args.size, boundary="camera"))
     print("| microscope | sampler | T | K | antithetic | no step | "
-          + " | ".join(f"step x{w:g}" for w in WEIGHTS) + " |")
-    print("|---" * (6 + len(WEIGHTS)) + "|")
+          + " | ".join(f"step x{w:g}" for w in weights) + " |")
+    print("|---" * (6 + len(weights)) + "|")
     for name, scope in (("default", frames), ("0.60 / 0.16 / 2.0", frames.with_physics(*SECOND_MICROSCOPE))):
         m = scope.microscope
         fields = test_images("camera", args.images, args.size, m.pixel_size_um, args.seed, scope.data.phase_max,
@@ -59,7 +64,7 @@ def main(argv=None):
         truths = [case.truth for case in cases]
         y = scope.normalize_condition(measured)
         stepped = [make_task(task.name, dataclasses.replace(scope.data, data_consistency=1, consistency_weight=w))
-                   for w in WEIGHTS]
+                   for w in weights]
         for method, steps, samples, *pairs in settings:
             pairs = bool(pairs and pairs[0])
             out = samplers[pairs](y, steps=steps, samples=samples, seed=args.seed, method=method)
