@@ -40,7 +40,8 @@ HELD_OUT_SEED = 4321  # the benchmarks use 1234; the check set is another draw
 # What each built-in model is, and how its check and benchmark are made.
 MODELS = {
     "qpi": dict(
-        title="quantitative phase from a defocused intensity pair of a camera frame (residual around TIE)",
+        title="quantitative phase from a defocused intensity pair of a camera frame (TIE corrected by a mean "
+              "network, the diffusion on the residual)",
         training_data="the grey images embedded in scikit-image but astronaut, camera, cell and coins (held out) and "
                       "64 synthetic cell phantoms (65 train / 11 validation), as phase; each pair the centre of a "
                       "field twice as wide, through a microscope drawn from the training range, the paper's noise",
