@@ -216,10 +216,10 @@ def main(argv=None):
             "training_data": spec["training_data"], "parameters": int(model.count_params()),
             "sampler": f"{config.sampler.steps} {config.sampler.method} steps, K = {config.sampler.samples}"
                        + (" in antithetic pairs" if config.sampler.antithetic else "")
+                       + (" (chosen on validation images; the run's config had another)" if resampled else "")
                        + {"mean": "", "median": "; the point estimate is their per-pixel median (NAME_median)",
                           "mean_network": "; the point estimate is the mean network's E[x|y] (NAME_mean_network)"}[
                            config.sampler.estimate]
-                       + (" (chosen on validation images; the run's config had another)" if resampled else "")
                        + (f", then {task.data.data_consistency} data-consistency step(s)" if task.refines else ""),
             **({"physics_range": task.data.training_range.describe()} if hasattr(task.data, "training_range") else {}),
             "check": {"set": spec["check_set"], "baseline": spec["baseline"], "metric": spec["metric"],
