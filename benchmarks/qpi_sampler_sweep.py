@@ -6,8 +6,8 @@
 Validation frames, never the benchmark's: the camera frames of `qpi_vs_tie.py` made from cell fields of another
 seed (4321; the test fields use 1234, training 2024), no natural image, the paper's noise, at the run's default
 microscope and at 0.60 / 0.16 / 2.0 um. For each sampler setting the mean of the samples, alone and after one
-data-consistency step at 100, 1000 and 10000 (`--weight`) times the noise-adaptive weight, and the same for a mean network's own
-estimate where the run has one. Prints the offset-free MAE (rad).
+data-consistency step at 100, 1000 and 10000 (`--weight`) times the noise-adaptive weight, and the same for a mean
+network's own estimate where the run has one. Prints the offset-free MAE (rad).
 """
 
 from __future__ import annotations

@@ -495,9 +495,10 @@ def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, co
                       progress=lambda i, n, name: click.echo(f"[{i}/{n}] {name}", err=True))
     io.write_json(report_path, report)
     click.echo(markdown_table(report, task_object.score_columns))
-    estimate = {"mean": "mean", "median": "median", "mean_network": "mean network's estimate"}[report["estimate"]]
-    click.echo(f"\ncvdm: the run's point estimate, the {estimate} (K = {report['samples']} samples of T = "
-               f"{report['steps']} {report['sampler']} steps; std maps and calibration from the samples)")
+    from cvdm_tf.previews import ESTIMATE_TITLES
+
+    click.echo(f"\ncvdm: the run's point estimate, its {ESTIMATE_TITLES[report['estimate']]} (K = {report['samples']} "
+               f"samples of T = {report['steps']} {report['sampler']} steps; std maps and calibration from the samples)")
     click.echo(f"per-image metrics in {report_path}")
 
 
