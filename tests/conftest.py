@@ -18,7 +18,9 @@ def rng():
 TINY_QPI = {
     # Around the TIE channel alone (no mean network: a third fewer weights to train; builtin:qpi has one).
     "model": dict(base_filters=4, depth=2, tau_base_filters=4, tau_depth=1, time_units=4, mean="condition"),
-    "train": dict(steps=6, batch_size=2, log_every=2, checkpoint_every=3, preview_every=3),
+    # No mean network, so nothing to clip apart (and float16's loss scaling refuses per-network clipping).
+    "train": dict(steps=6, batch_size=2, log_every=2, checkpoint_every=3, preview_every=3,
+                  gradient_clip_per_network=False),
     "sampler": dict(steps=5, samples=2),
     "data": dict(image_size=16),
 }
