@@ -113,21 +113,20 @@ def main(argv=None):
             began = time.process_time()
             diffusion = run_config.model.kind != "regression"
             for case in cases:
-                mean_network = diffusion and (args.mean_network or run_config.sampler.estimate == "mean_network")
                 out = reconstruct(model, task, case.measurement, samples=args.samples,
                                   steps=args.steps or run_config.sampler.steps,
                                   method=args.sampler or run_config.sampler.method,
-                                  seed=0, sampler=sampler, keep_samples=diffusion, mean_network=mean_network)
+                                  seed=0, sampler=sampler, keep_samples=diffusion, median=diffusion and args.median,
+                                  mean_network=diffusion and args.mean_network,
+                                  estimate=run_config.sampler.estimate if diffusion else "mean")
                 scores.setdefault(name, []).append((case.group, task.score(out["mean"][..., 0], case.truth)))
                 if diffusion:  # what a posterior sample should win: the truth's texture (spectral error)
                     scores.setdefault(f"{name}, one sample", []).append(
                         (case.group, task.score(out["samples"][0, ..., 0], case.truth)))
-                    if args.median or run_config.sampler.estimate == "median":
-                        scores.setdefault(f"{name}, median of K", []).append(
-                            (case.group, task.score(np.median(out["samples"][..., 0], axis=0), case.truth)))
-                    if mean_network:
-                        scores.setdefault(f"{name}, mean network", []).append(
-                            (case.group, task.score(out["mean_network"][..., 0], case.truth)))
+                for key, row in (("median", "median of K"), ("mean_network", "mean network")):
+                    if key in out:
+                        scores.setdefault(f"{name}, {row}", []).append(
+                            (case.group, task.score(out[key][..., 0], case.truth)))
             seconds[name] = (time.process_time() - began) / len(cases)
         for name, baseline in baselines.items():
             for case in cases:

@@ -101,12 +101,12 @@ def main(argv=None):
         diffusion = run_config.model.kind != "regression"
         began = time.process_time()
         for case in cases:
-            median = diffusion and (args.median or run_config.sampler.estimate == "median")
-            mean_network = diffusion and (args.mean_network or run_config.sampler.estimate == "mean_network")
             out = reconstruct(model, task, case.measurement, samples=args.samples,
                               steps=args.steps or run_config.sampler.steps,
                               method=args.sampler or run_config.sampler.method, seed=0, sampler=sampler,
-                              keep_samples=diffusion, median=median, mean_network=mean_network)
+                              keep_samples=diffusion, median=diffusion and args.median,
+                              mean_network=diffusion and args.mean_network,
+                              estimate=run_config.sampler.estimate if diffusion else "mean")
             rows.setdefault(name, []).append(task.score(out["mean"], case.truth))
             if diffusion:  # what a posterior sample should win: the truth's texture (spectral error)
                 rows.setdefault(f"{name}, one sample", []).append(task.score(out["samples"][0], case.truth))

@@ -242,6 +242,8 @@ def train(task, config_path, data, out, steps, batch_size, image_size, schedule,
                                         checkpoint_every=checkpoint_every).items() if v is not None},
         "data": {k: v for k, v in dict(source=data, image_size=image_size).items() if v is not None},
         "model": {k: v for k, v in dict(schedule=schedule, kind=kind).items() if v is not None},
+        # A regression has one output: that is its point estimate, whatever the task's CVDM estimates with.
+        "sampler": {"estimate": "mean"} if kind == "regression" else {},
     }
     try:
         config = config.replace(**changes)
@@ -497,8 +499,9 @@ def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, co
     click.echo(markdown_table(report, task_object.score_columns))
     from cvdm_tf.previews import ESTIMATE_TITLES
 
-    click.echo(f"\ncvdm: the run's point estimate, its {ESTIMATE_TITLES[report['estimate']]} (K = {report['samples']} "
-               f"samples of T = {report['steps']} {report['sampler']} steps; std maps and calibration from the samples)")
+    click.echo(f"\ncvdm: the run's point estimate, its {ESTIMATE_TITLES[report['estimate']]} "
+               f"(K = {report['samples']} samples of T = {report['steps']} {report['sampler']} steps; std maps and "
+               "calibration from the samples)")
     click.echo(f"per-image metrics in {report_path}")
 
 

@@ -147,12 +147,9 @@ class Model:
         batch_size, keep_samples, median, mean_network, progress, chunk, step_progress."""
         from cvdm_tf.inference import reconstruct
 
-        estimate = self.config.sampler.estimate
-        options["median"] = options.get("median", False) or estimate == "median"
-        options["mean_network"] = options.get("mean_network", False) or estimate == "mean_network"
         return reconstruct(self.network, task, raw, samples=samples or self.config.sampler.samples,
                            steps=steps or self.config.sampler.steps, method=method or self.config.sampler.method,
-                           seed=seed, sampler=self.sampler, **options)
+                           seed=seed, sampler=self.sampler, estimate=self.config.sampler.estimate, **options)
 
 
 def load(spec) -> Model:

@@ -85,6 +85,11 @@ class ModelConfig:
     # or "unit": rho(1) = 1, so tau(y) is the schedule magnitude tau * rho(1) itself.
     gauge: str = "free"
 
+    @property
+    def mean_network_estimate(self) -> str:
+        """What the mean network estimates, as labels name it: E[x|y] (L2 loss) or the posterior median (L1)."""
+        return "E[x|y]" if self.mean_loss == "l2" else "median of x|y"
+
     def __post_init__(self):
         check_choice("model.kind", self.kind, ("cvdm", "regression"))
         check_choice("model.gauge", self.gauge, ("free", "unit"))
@@ -223,6 +228,9 @@ class Config:
         if not isinstance(self.data, expected):
             raise InputError(f"data: task {self.task!r} needs its own [data] table ({expected.__module__}), got "
                              f"{type(self.data).__module__}")
+        if self.sampler.estimate == "mean_network" and self.model.kind == "regression":
+            raise InputError("sampler.estimate = \"mean_network\": a regression (model.kind) has no mean network; its "
+                             "one output is its estimate (sampler.estimate = \"mean\")")
         if self.sampler.estimate == "mean_network" and not self.model.mean.endswith("network"):
             raise InputError(f"sampler.estimate = \"mean_network\" needs a mean network (model.mean = \"network\" or "
                              f"\"condition+network\"), got model.mean = {self.model.mean!r}")

@@ -110,9 +110,7 @@ def _reconstruct(config, model, task, measurement, **options) -> dict:
     """`inference.reconstruct` with the run's point estimate (`config.sampler.estimate`) among the outputs."""
     from cvdm_tf.inference import reconstruct
 
-    estimate = config.sampler.estimate
-    return reconstruct(model, task, measurement, median=estimate == "median",
-                       mean_network=estimate == "mean_network", **options)
+    return reconstruct(model, task, measurement, estimate=config.sampler.estimate, **options)
 
 
 def _image(values) -> np.ndarray:

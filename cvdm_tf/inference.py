@@ -321,7 +321,7 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
                 seed: int = 0, tile: int = 256, batch_size: int = 4, progress: Callable | None = None,
                 sampler=None, chunk: int | None = None, step_progress: Callable | None = None,
                 physics: dict | None = None, keep_samples: bool = False, median: bool = False,
-                mean_network: bool = False) -> dict:
+                mean_network: bool = False, estimate: str = "mean") -> dict:
     """Sample the model for one raw measurement and return the result in physical units.
 
     Args:
@@ -343,8 +343,11 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
         keep_samples: bool. Also return every sample.
         median: bool. Also return `median`, the per-pixel median of the K samples: the posterior median, the
             estimate of least expected absolute error (the mean is that of least squared error).
-        mean_network: bool. Also return `mean_network`, the model's mean network's estimate of E[x | y] (its L2
-            loss's minimiser, no samples; where it has converged, the samples' mean is a noisier estimate of it).
+        mean_network: bool. Also return `mean_network`, the model's mean network's estimate (no samples): E[x | y]
+            with its L2 loss (where the diffusion has converged, the samples' mean is a noisier estimate of it), the
+            posterior median with L1 (`model.mean_loss`).
+        estimate: str. The run's point estimate (`sampler.estimate`, one of `config.ESTIMATES`), returned
+            whatever `median` / `mean_network` say.
 
     Returns:
         dict of float32 [H, W, C_target] on the output grid (H = task.scale * h): `mean` and `std` (over the K
@@ -386,6 +389,8 @@ def reconstruct(model, task, raw_condition, samples: int = 8, steps: int = 200, 
     if pad_h or pad_w:
         y = np.pad(y, [(0, pad_h), (0, pad_w), (0, 0)], mode="symmetric")
 
+    median = median or estimate == "median"
+    mean_network = mean_network or estimate == "mean_network"
     sampler = sampler or sampler_for(model)
     if mean_network and getattr(model, "mean_net", None) is None:
         raise InputError("this model has no mean network (model.mean is neither \"network\" nor "

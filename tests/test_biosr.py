@@ -291,6 +291,8 @@ def test_the_regression_baseline_trains_infers_exports_and_evaluates_through_the
     assert result.exit_code == 0, result.stderr
     assert tifffile.imread(tmp_path / "out" / "wide_mean.tif").shape == (24, 40)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "wide_std.tif"), 0.0)
+    # Its one output is its estimate, whatever the task's CVDM estimates with (biosr: the mean network's).
+    assert not list((tmp_path / "out").glob("wide_me*_*.tif")) and not list((tmp_path / "out").glob("*median*"))
     result = _invoke("export", "--model", run, "--out", tmp_path / "export")
     assert result.exit_code == 0, result.stderr
     # eval scores it beside a CVDM run, on the same cases.

@@ -94,6 +94,8 @@ def test_a_data_key_of_another_task_is_rejected():
     ({"sampler": {"estimate": "mode"}}, ["sampler.estimate: 'mode' is not one of mean, median, mean_network"]),
     ({"sampler": {"estimate": "mean_network"}}, ["sampler.estimate = \"mean_network\" needs a mean network",
                                                  "got model.mean = 'none'"]),
+    ({"model": {"kind": "regression", "mean": "condition+network"}, "sampler": {"estimate": "mean_network"}},
+     ["sampler.estimate = \"mean_network\": a regression (model.kind) has no mean network"]),
 ])
 def test_errors_name_the_key(data, fragments):
     message = _error(data)
