@@ -84,7 +84,7 @@ def main(argv=None):
     parser.add_argument("--median", action="store_true", help="also score the per-pixel median of the K samples "
                         "(the posterior median: the estimate of least expected absolute error); always for a run "
                         "whose point estimate (sampler.estimate) it is")
-    parser.add_argument("--mean-network", action="store_true", help="also score the mean network's own E[x|y] "
+    parser.add_argument("--mean-network", action="store_true", help="also score the mean network's own estimate "
                         "(runs with one; always for a run whose point estimate it is)")
     args = parser.parse_args(argv)
 

@@ -79,7 +79,7 @@ def main(argv=None):
     parser.add_argument("--antithetic", choices=["yes", "no"], help="samples in antithetic pairs (default: each run's)")
     parser.add_argument("--median", action="store_true", help="also score the per-pixel median of the K samples "
                         "(always for a run whose point estimate, sampler.estimate, it is)")
-    parser.add_argument("--mean-network", action="store_true", help="also score the mean network's own E[x|y] "
+    parser.add_argument("--mean-network", action="store_true", help="also score the mean network's own estimate "
                         "(runs with one; always for a run whose point estimate it is)")
     parser.add_argument("--data", help="evaluate on these HR images instead (a folder or a file)")
     parser.add_argument("--out", help="markdown file to write (e.g. docs/results-sr.md)")
@@ -125,7 +125,7 @@ def main(argv=None):
              f"`python benchmarks/sr_table.py {' '.join(argv or sys.argv[1:])}`\n",
              f"{where}; {config.data.resampling} 4x downsampling (antialiased, 8 bits); K = {args.samples} samples, "
              f"their mean scored (and each diffusion run's first sample alone: \"one sample\"; its median, its mean "
-             "network's E[x|y]). PSNR / SSIM on RGB in "
+             "network's own). PSNR / SSIM on RGB in "
              "[0, 255] and on the BT.601 luma Y, 4 px border shaved; spectral error: mean |10 log10| of the ratio of "
              "the luma's radially averaged power spectra, 1/16 of Nyquist to Nyquist. "
              "CPU seconds per tile: " + ", ".join(f"{name} {value:.1f}" for name, value in seconds.items()) + "\n",

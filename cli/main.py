@@ -339,8 +339,9 @@ def distil(run_dir, steps, out, teacher_steps, iterations, batch_size, learning_
               help="Also write NAME_median: the per-pixel median of the K samples, the estimate of least expected "
                    "absolute error (the mean is that of least squared error).")
 @click.option("--mean-network", is_flag=True,
-              help="Also write NAME_mean_network: the model's mean network's estimate of E[x|y], without samples "
-                   "(models with a mean network: builtin:biosr, builtin:sr4x).")
+              help="Also write NAME_mean_network: the model's mean network's estimate, without samples: E[x|y], or "
+                   "the median where it was trained with L1 (models with a mean network: builtin:biosr, "
+                   "builtin:sr4x).")
 @SAMPLER_PRECISION
 @click.option("--task", help="The run's task (checked against the run; default: the run's).")
 @task_options("infer")

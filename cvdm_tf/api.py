@@ -41,7 +41,8 @@ class Prediction:
         samples: float32 [K, ...] or None: every sample, when `predict(..., keep_samples=True)`.
         median: float32 like mean, or None: the per-pixel median of the K samples (the estimate of least expected
             absolute error), when `predict(..., median=True)` or it is the run's estimate.
-        mean_network: float32 like mean, or None: the mean network's estimate of E[x | y] (no samples), when
+        mean_network: float32 like mean, or None: the mean network's estimate (no samples; E[x | y], or the median
+            with `model.mean_loss = "l1"`), when
             `predict(..., mean_network=True)` on a model that has one, or it is the run's estimate.
         estimate: str. The run's point estimate (`sampler.estimate`, chosen on validation images): "mean",
             "median" or "mean_network"; `point_estimate` is that array.
@@ -114,7 +115,7 @@ class Model:
                 between them (it may raise to stop: a GUI cancels within `chunk` steps); the same samples.
             name: str. What the measurement is called in messages (e.g. a napari layer's name).
             median: bool. Also return the per-pixel median of the K samples.
-            mean_network: bool. Also return the mean network's E[x | y] (models with a mean network).
+            mean_network: bool. Also return the mean network's estimate (models with a mean network).
             **physics: the task's physics in its units (QPI: wavelength_um=, pixel_size_um=, defocus_um=).
 
         Returns:

@@ -166,8 +166,9 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
                 continue
             for name, raw, result in results:
                 try:
-                    report.written[name] = file_task.write_outputs(out_dir, name, raw, result, source=path,
-                                                                   made_by=made_by, estimate=estimate)
+                    report.written[name] = file_task.write_outputs(
+                        out_dir, name, raw, result, source=path, made_by=made_by, estimate=estimate,
+                        mean_network_estimate=config.model.mean_network_estimate)
                 except OSError as err:
                     message = f"{path}: cannot write the outputs of {name} to {out_dir} ({err.strerror or err})"
                     report.failed.append(message)
@@ -266,13 +267,15 @@ def _reconstruct_file(path, base, used, api_model, samples, steps, method, seed,
 
 
 def write_outputs(out_dir: Path, name: str, raw: np.ndarray, result: dict, unit: str = "",
-                  pixel_size_um: float | None = None, description: str = "", estimate: str = "mean") -> list[Path]:
+                  pixel_size_um: float | None = None, description: str = "", estimate: str = "mean",
+                  mean_network_estimate: str = "E[x|y]") -> list[Path]:
     """NAME_mean.tif, NAME_std.tif, NAME_schedule.tif (OME-TIFF: pixel size, channel name with the unit,
-    `description`), NAME_median.tif and NAME_mean_network.tif where `result` has them, and NAME_preview.png
-    showing the point estimate `estimate` (a key of `result`), each written atomically."""
+    `description`), NAME_median.tif and NAME_mean_network.tif where `result` has them (its channel named by what
+    the mean network estimates, `ModelConfig.mean_network_estimate`), and NAME_preview.png showing the point
+    estimate `estimate` (a key of `result`), each written atomically."""
     paths = []
     channel = {key: f"{key} ({unit})" if unit else key for key in ("mean", "median", "std")}
-    channel["mean_network"] = f"E[x|y] of the mean network ({unit})" if unit else "E[x|y] of the mean network"
+    channel["mean_network"] = f"{mean_network_estimate} of the mean network" + (f" ({unit})" if unit else "")
     channel["schedule"] = "schedule (tau rho(1), dimensionless)"
     for key in (*ESTIMATES, "std", "schedule"):
         if key not in result:

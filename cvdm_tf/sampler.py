@@ -130,7 +130,8 @@ class Sampler(tf.Module):
     def __call__(self, y, steps=200, samples=1, seed=0, method="ddpm", chunk=None, callback=None):
         """Sample. Returns a dict with `mean`, `std` (over the K samples), `schedule` (tau * rho(1)) and
         `samples` [B, K, H, W, C], all in the model's normalised target units; for a model with a mean network
-        also `mean_network`, its estimate of E[x | y] (no samples: the samples' mean estimates the same).
+        also `mean_network`, its own estimate (no samples): E[x | y] with an L2 loss, which the samples' mean estimates
+        too; the median with L1 (`model.mean_loss`).
 
         chunk: int or None. None: all T steps in one compiled call. N: compiled runs of N steps with
             `callback(done, steps)` after each (may raise to stop; see the module docstring: same samples).

@@ -218,7 +218,8 @@ def main(argv=None):
                        + (" in antithetic pairs" if config.sampler.antithetic else "")
                        + (" (chosen on validation images; the run's config had another)" if resampled else "")
                        + {"mean": "", "median": "; the point estimate is their per-pixel median (NAME_median)",
-                          "mean_network": "; the point estimate is the mean network's E[x|y] (NAME_mean_network)"}[
+                          "mean_network": "; the point estimate is the mean network's "
+                                          f"{config.model.mean_network_estimate} (NAME_mean_network)"}[
                            config.sampler.estimate]
                        + (f", then {task.data.data_consistency} data-consistency step(s)" if task.refines else ""),
             **({"physics_range": task.data.training_range.describe()} if hasattr(task.data, "training_range") else {}),

@@ -239,17 +239,19 @@ class Task:
         return sources.read_stack(path)
 
     def write_outputs(self, out_dir, name: str, raw: np.ndarray, result: dict, source=None,
-                      made_by: str = "", estimate: str = "mean") -> list:
+                      made_by: str = "", estimate: str = "mean", mean_network_estimate: str = "E[x|y]") -> list:
         """The files `infer` writes for one image NAME (`result`: mean, std, schedule from `inference.reconstruct`;
         `source`: the file it was read from; `made_by`: the model and sampler, for the files' metadata; `estimate`:
-        the run's point estimate, which the preview shows); returns their paths. Default: NAME_mean/std/schedule.tif
+        the run's point estimate, which the preview shows; `mean_network_estimate`: what the mean network
+        estimates, `ModelConfig.mean_network_estimate`, for its file's channel name); returns their paths. Default: NAME_mean/std/schedule.tif
         (float32 OME-TIFF in the task's units and output pixel size, with the physics of the measurement), those of
         the other point estimates in `result`, and NAME_preview.png."""
         from cvdm_tf.inference import write_outputs
 
         description = "; ".join(part for part in (made_by, self.describe_physics()) if part)
         return write_outputs(out_dir, name, raw, result, unit=self.target_unit,
-                             pixel_size_um=self.output_pixel_size_um, description=description, estimate=estimate)
+                             pixel_size_um=self.output_pixel_size_um, description=description, estimate=estimate,
+                             mean_network_estimate=mean_network_estimate)
 
     def with_stated_pixel_size(self, pixel_size_um: float, source) -> "Task":
         """This task for a measurement whose metadata states its pixel size (um, on the measurement's grid):

@@ -201,11 +201,13 @@ class SR4xTask(Task):
             return [((image - low) / ((high - low) or 1.0)).astype(np.float32) for image in images]
         return [readers.to_unit_range(image, dtype) for image in images]
 
-    def write_outputs(self, out_dir, name, raw, result, source=None, made_by="", estimate="mean"):
+    def write_outputs(self, out_dir, name, raw, result, source=None, made_by="", estimate="mean",
+                      mean_network_estimate="E[x|y]"):
         """NAME_mean.png (8 bits) and NAME_mean.tif in the input's value range and dtype family (uint8 / uint16
         values, or float32 in the float input's own range), the same for NAME_median and NAME_mean_network where
         `result` has them (`infer --median`, `--mean-network`), NAME_std.tif (float32, the same units),
-        NAME_schedule.tif and NAME_preview.png (showing `estimate`)."""
+        NAME_schedule.tif and NAME_preview.png (showing `estimate`; `mean_network_estimate` unused: these files
+        carry no channel names)."""
         from cvdm_tf.inference import ESTIMATES
         from cvdm_tf.previews import preview_image
 
