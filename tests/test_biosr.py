@@ -148,6 +148,11 @@ def test_train_infer_eval_on_a_biosr_tree(biosr_run, biosr_tree, tmp_path):
         mean = tifffile.imread(out / f"{name}_mean.tif")
         assert mean.shape == (32, 32) and np.isfinite(mean).all()
         assert io.tiff_pixel_size_um(out / f"{name}_mean.tif") == pytest.approx(0.0313)
+    # The default's point estimate, its mean network's (trained with L1: the median), is written unasked and its
+    # channel says what it estimates.
+    with tifffile.TiffFile(out / "wide_mean_network.tif") as tif:
+        channel = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]["Channel"]["Name"]
+    assert channel.startswith("median of x|y of the mean network")
     # Same widefield, same seed: the stack and the summed image give the same reconstruction.
     np.testing.assert_allclose(tifffile.imread(out / "raw_mean.tif"), tifffile.imread(out / "wide_mean.tif"),
                                rtol=1e-5, atol=1e-3)

@@ -238,7 +238,7 @@ def test_sample_data_opens_through_the_manifest_and_reconstructs(qtbot, key, mod
     assert widget.status.value.startswith(f"added {kwargs['name']}_mean"), widget.status.value
     mean = widget.last_layers[0]
     # The card's point estimate, where it is not the mean, right after it.
-    estimate = {"builtin:qpi": "std", "builtin:biosr": "median", "builtin:sr4x": "mean_network"}[model]
+    estimate = {"builtin:qpi": "std", "builtin:biosr": "mean_network", "builtin:sr4x": "mean_network"}[model]
     assert widget.last_layers[1].name == f"{kwargs['name']}_{estimate}"
     height, width = data.shape[-2:] if model == "builtin:qpi" else data.shape[:2]
     assert mean.data.shape[:2] == (scale * height, scale * width) and np.isfinite(mean.data).all()
