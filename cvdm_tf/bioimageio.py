@@ -4,15 +4,17 @@ The package is one zip that deepImageJ, ilastik, the napari / QuPath bioimage.io
 
     rdf.yaml            the description (bioimageio.spec's `ModelDescr`, validated when it is built)
     weights.zip         a TensorFlow SavedModel (`tensorflow_saved_model_bundle`) with the whole sampler inside:
-                        the raw measurement in, mean, std and schedule out in physical units (`cvdm_tf.export`),
+                        the raw measurement in, point estimate, std and schedule out in physical units
+                        (`cvdm_tf.export`),
                         K, T and the seed fixed, float32 throughout (bfloat16 would differ between CPUs)
     test_*.npy          a held-out measurement and the output the SavedModel gives for it
-    cover.png           the inference preview of that measurement (input | mean | std | schedule)
+    cover.png           the inference preview of that measurement (input | point estimate | std | schedule)
     README.md           what the model does, its physics, its validation, what consumers can and cannot run
 
 What differs from the plain SavedModel (`cvdm-tf export`): one input, so the measurement's physics is the run's
 (QPI: wavelength, pixel size and defocus of the run's config, stated in the description and on the input axes'
-scale); one output, "reconstruction", whose channels are the mean, the std and the schedule (bioimage.io's
+scale); one output, "reconstruction", whose channels are the run's point estimate (`sampler.estimate`, the card's:
+the samples' mean, their median or the mean network's output), the std and the schedule (bioimage.io's
 TensorFlow runner reads a dict of outputs by position, and a restored SavedModel's dict order changes from
 process to process). The graph normalises each image as a whole (QPI: its mean
 intensity and a Fourier-space TIE estimate; BioSR: its percentiles): consumers that cut an image into tiles and
@@ -37,6 +39,9 @@ CVDM_PAPER = "Della Maggiora, G. et al. (2024). Conditional Variational Diffusio
 CVDM_DOI = "10.48550/arXiv.2312.02246"
 # Same seed, same float32 graph: equal on one machine; another CPU's kernels may round differently.
 TOLERANCE = dict(relative_tolerance=1e-3, absolute_tolerance=1e-3, mismatched_elements_per_million=100)
+# The point estimate (`sampler.estimate`) in the package's words.
+ESTIMATE_WORDS = {"mean": "the mean of the K samples", "median": "the per-pixel median of the K samples",
+                  "mean_network": "the mean network's output, no samples"}
 
 
 def export_package(run_dir, out_path, steps: int | None = None, samples: int | None = None, seed: int = 0,
@@ -100,7 +105,8 @@ def _test_measurement(run_dir, task, config, test_input) -> np.ndarray:
 
 
 def _weights(model, task, config, sampler, seed, raw, work: Path):
-    """The SavedModel zipped (path), and its output for `raw` ([1, H, W, 3 C]: mean, std, schedule) from the saved
+    """The SavedModel zipped (path), and its output for `raw` ([1, H, W, 3 C]: the run's point estimate, std,
+    schedule) from the saved
     graph as bioimage.io's runner calls it (Keras' TFSMLayer on the `serve` endpoint)."""
     import keras
     import tensorflow as tf
@@ -109,7 +115,8 @@ def _weights(model, task, config, sampler, seed, raw, work: Path):
     from cvdm_tf.export import ExportedSampler, save
 
     module = ExportedSampler(model, task, steps=sampler.steps, samples=sampler.samples, method=sampler.method,
-                             seed=seed, sampler_config=sampler, physics_inputs=False, stacked=True)
+                             seed=seed, sampler_config=sampler, physics_inputs=False, stacked=True,
+                             estimate=sampler.estimate)
     saved = save(module, dump_config(config.replace(sampler=dataclasses.asdict(sampler))), work / "saved_model")
     weights = Path(shutil.make_archive(str(work / "weights"), "zip", root_dir=saved))
     out = keras.layers.TFSMLayer(str(saved), call_endpoint="serve")(tf.constant(raw[None]))
@@ -128,8 +135,9 @@ def _describe(run_dir, config, task, model, sampler, seed, raw, output, weights,
     name = builtin.card(run_dir)["name"] if builtin.is_builtin(run_dir) else Path(run_dir).name
     np.save(work / "test_measurement.npy", raw[None])
     np.save(work / "test_reconstruction.npy", output)
-    mean, std, schedule = np.split(output[0], 3, axis=-1)
-    write_png(work / "cover.png", preview_image(raw, mean, std, schedule, unit=task.target_unit))
+    estimate, std, schedule = np.split(output[0], 3, axis=-1)
+    write_png(work / "cover.png", preview_image(raw, estimate, std, schedule, unit=task.target_unit,
+                                                estimate=sampler.estimate))
     readme = work / "README.md"
     readme.write_text(_readme(run_dir, config, task, sampler, seed), encoding="utf-8")
 
@@ -157,11 +165,12 @@ def _describe(run_dir, config, task, model, sampler, seed, raw, output, weights,
     )
     unit = f"_{task.target_unit}" if task.target_unit else ""
     in_units = task.target_unit or "the input's units"
-    names = [f"{what}_{target}{unit if what != 'schedule' else ''}" for what in ("mean", "std", "schedule")
-             for target in task.target_names]
+    names = [f"{what}_{target}{unit if what != 'schedule' else ''}"
+             for what in (sampler.estimate, "std", "schedule") for target in task.target_names]
     reconstruction = spec.OutputTensorDescr(
         id=spec.TensorId("reconstruction"),
-        description=f"mean and std of the K samples ({in_units}), the learned schedule tau * rho(1)",
+        description=f"the point estimate ({ESTIMATE_WORDS[sampler.estimate]}) and the std of the K samples "
+                    f"({in_units}), the learned schedule tau * rho(1)",
         axes=[spec.BatchAxis(), output_axis("y"), output_axis("x"),
               spec.ChannelAxis(channel_names=[spec.Identifier(name) for name in names])],
         test_tensor=spec.FileDescr(source=work / "test_reconstruction.npy"))
@@ -170,8 +179,8 @@ def _describe(run_dir, config, task, model, sampler, seed, raw, output, weights,
     return spec.ModelDescr(
         name=f"cvdm-tf {name}",
         description=(f"Conditional variational diffusion model (CVDM, ICLR 2024), {task.description}: K = "
-                     f"{sampler.samples} samples of {sampler.steps} {sampler.method} steps, their mean, std and the "
-                     "learned schedule."),
+                     f"{sampler.samples} samples of {sampler.steps} {sampler.method} steps: the point estimate "
+                     f"({ESTIMATE_WORDS[sampler.estimate]}), their std and the learned schedule."),
         authors=[spec.Author(name="cvdm-tf developers")],
         cite=[spec.CiteEntry(text=CVDM_PAPER, doi=spec.Doi(CVDM_DOI))],
         license=spec.LicenseId("MIT"),
@@ -192,9 +201,9 @@ def _readme(run_dir, config, task, sampler, seed) -> str:
 
     lines = [f"# cvdm-tf: {task.description}", "",
              "A conditional variational diffusion model (Della Maggiora et al., ICLR 2024) exported by "
-             f"cvdm-tf {__version__}. The SavedModel holds the whole sampler: the raw measurement in, the mean and "
-             f"std of K = {sampler.samples} samples ({sampler.steps} {sampler.method} steps, seed {seed}, float32) "
-             "and the learned schedule out.", "",
+             f"cvdm-tf {__version__}. The SavedModel holds the whole sampler: the raw measurement in, the point "
+             f"estimate ({ESTIMATE_WORDS[sampler.estimate]}), the std of K = {sampler.samples} samples "
+             f"({sampler.steps} {sampler.method} steps, seed {seed}, float32) and the learned schedule out.", "",
              "## Input", "", f"{task.describe_measurement()}; {task.describe_physics() or 'no physics to state'}.",
              "The graph normalises each image as a whole: give it whole images. A consumer that tiles and "
              "normalises each tile on its own (deepImageJ and ilastik do by default) gets other numbers; "

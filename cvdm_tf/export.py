@@ -10,16 +10,18 @@ package: the graph holds, in order,
     3. the task's (offset, scale) to physical units (QPI: radians; BioSR: the input's intensity units); the
        schedule map tau * rho(1) as is;
     4. the task's refinement of each sample against the measurement, when its config asks (QPI:
-       `data.data_consistency`), and the mean and std of the refined samples.
+       `data.data_consistency`), and the mean and std of the refined samples;
+    5. the run's point estimate (`sampler.estimate`): the mean, the per-pixel median of the samples, or the mean
+       network's own output.
 
 Signatures (QPI adds the measurement's physics, float32 scalars in um, after the other inputs: wavelength_um,
 pixel_size_um, defocus_um; outside the model's training range the call fails with an error naming the range):
 
-    serving_default(condition[, physics])                 -> mean, std, schedule      T, K and the seed fixed
-    sample(condition, steps, samples, seed[, physics])    -> mean, std, schedule, samples
+    serving_default(condition[, physics])                 -> mean, std, schedule, estimate      T, K, seed fixed
+    sample(condition, steps, samples, seed[, physics])    -> mean, std, schedule, estimate, samples
 
 condition is the raw measurement, float32 [batch, h, w, C_in] for any h and w (QPI: the intensity pair
-(I(-dz), I(+dz)), C_in = 2; BioSR: a widefield image, C_in = 1); mean, std and schedule are float32
+(I(-dz), I(+dz)), C_in = 2; BioSR: a widefield image, C_in = 1); mean, std, schedule and estimate are float32
 [batch, H, W, C_out] on the output grid (H = h for QPI, 2h for BioSR); samples is [batch, K, H, W, C_out]. The resolved config of the run travels with the export as `assets/cvdm_config.toml`.
 """
 
@@ -35,7 +37,7 @@ import tensorflow as tf
 from cvdm_tf.config import dump_config
 from cvdm_tf.errors import InputError
 from cvdm_tf.io import _umask
-from cvdm_tf.sampler import sample_std, sampler_for
+from cvdm_tf.sampler import sample_median, sample_std, sampler_for
 
 CONFIG_ASSET = "cvdm_config.toml"
 
@@ -54,16 +56,21 @@ class ExportedSampler(tf.Module):
         sampler_config: SamplerConfig or None. The run's discretisation and time grid (default: exact, uniform).
         physics_inputs: bool. The measurement's physics as inputs after the condition (`task.physics_keys`); False:
             the task's own physics, fixed (bioimage.io packages: one input).
-        stacked: bool. `serving_default` returns one tensor, "reconstruction" [batch, H, W, 3 C_out]: mean, std and
-            schedule as channels (bioimage.io packages: its TensorFlow runner reads a dict of outputs by position,
-            and a restored SavedModel's dict order changes from process to process).
+        stacked: bool. `serving_default` returns one tensor, "reconstruction" [batch, H, W, 3 C_out]: the point
+            estimate, std and schedule as channels (bioimage.io packages: its TensorFlow runner reads a dict of
+            outputs by position, and a restored SavedModel's dict order changes from process to process).
+        estimate: str. The run's point estimate (`sampler.estimate`: "mean", "median" or "mean_network").
     """
 
     def __init__(self, model, task, steps: int, samples: int, method: str = "ddpm", seed: int = 0,
-                 sampler_config=None, name: str = "cvdm", physics_inputs: bool = True, stacked: bool = False):
+                 sampler_config=None, name: str = "cvdm", physics_inputs: bool = True, stacked: bool = False,
+                 estimate: str = "mean"):
         super().__init__(name=name)
         if method not in ("ddpm", "ddim"):
             raise ValueError(f"unknown sampler {method!r} (ddpm or ddim)")
+        if estimate == "mean_network" and getattr(model, "mean_net", None) is None:
+            raise ValueError("estimate \"mean_network\": this model has no mean network")
+        self.estimate = estimate
         self.sampler = sampler_for(model, sampler_config)
         self._task = task  # plain Python: only its TensorFlow functions are traced, nothing of it is saved
         self.steps, self.samples, self.seed, self.method = int(steps), int(samples), int(seed), method
@@ -91,9 +98,16 @@ class ExportedSampler(tf.Module):
         if task.refines:  # as `inference.reconstruct`: each sample refined, then mean and std taken anew
             drawn = task.refine(drawn, condition)
             mean, std = tf.reduce_mean(drawn, axis=1), sample_std(drawn, ddof=self.sampler.std_ddof)
+        if self.estimate == "median":
+            estimate = sample_median(drawn)
+        elif self.estimate == "mean_network":
+            estimate = out["mean_network"] * scale + offset
+        else:
+            estimate = mean
         mean = image(mean)
         return {
             "mean": mean,
+            "estimate": image(estimate),
             "std": image(std),
             # Target-shaped already; broadcast so the contract [batch, H, W, C_out] holds for every schedule kind.
             "schedule": image(tf.broadcast_to(out["schedule"], tf.shape(mean))),
@@ -104,8 +118,8 @@ class ExportedSampler(tf.Module):
         out = self._sample(condition, tf.constant(self.steps), tf.constant(self.samples), tf.constant(self.seed),
                            *physics)
         if self.stacked:
-            return {"reconstruction": tf.concat([out["mean"], out["std"], out["schedule"]], axis=-1)}
-        return {name: out[name] for name in ("mean", "std", "schedule")}
+            return {"reconstruction": tf.concat([out["estimate"], out["std"], out["schedule"]], axis=-1)}
+        return {name: out[name] for name in ("mean", "std", "schedule", "estimate")}
 
 
 def export_run(run_dir, out_dir, steps: int | None = None, samples: int | None = None, seed: int = 0) -> Path:
@@ -140,6 +154,7 @@ def export_run(run_dir, out_dir, steps: int | None = None, samples: int | None =
         method=config.sampler.method,
         seed=seed,
         sampler_config=config.sampler,
+        estimate=config.sampler.estimate,
     )
     save(module, dump_config(config), out_dir)
     return out_dir

@@ -231,7 +231,7 @@ class Sampler(tf.Module):
             "schedule": crop(magnitude),
             "samples": x[:, :, : size[0], : size[1], :],
         }
-        if getattr(model, "mean_net", None) is not None:  # E[x | y] by the mean network's L2 loss, without the samples
+        if getattr(model, "mean_net", None) is not None:  # the mean network's own estimate, without the samples
             out["mean_network"] = crop(clip(prior))
         return out
 
@@ -358,6 +358,14 @@ def sample_std(samples, ddof: int = 1):
     if ddof == 0:
         return tf.math.reduce_std(samples, axis=1)
     return tf.math.reduce_std(samples, axis=1) * tf.sqrt(k / tf.maximum(k - 1.0, 1.0))
+
+
+def sample_median(samples):
+    """Per-pixel median over the K axis of samples [B, K, ...], as numpy.median: the middle sample, or the mean of
+    the two middle ones for an even K."""
+    k = tf.shape(samples)[1]
+    ordered = tf.sort(samples, axis=1)
+    return 0.5 * (tf.gather(ordered, (k - 1) // 2, axis=1) + tf.gather(ordered, k // 2, axis=1))
 
 
 def time_grid(schedule, tau, steps, grid: str = "uniform"):

@@ -13,11 +13,12 @@ from cvdm_tf.cli.main import main
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, pixel_in, pixel_out, channels", [
-    ("qpi", 0.21, 0.21, ["I_minus_dz", "I_plus_dz"]),
-    ("biosr", 0.0626, 0.0313, ["widefield"]),
+@pytest.mark.parametrize("name, pixel_in, pixel_out, channels, estimate", [
+    ("qpi", 0.21, 0.21, ["I_minus_dz", "I_plus_dz"], "mean"),
+    ("biosr", 0.0626, 0.0313, ["widefield"], "mean_network"),
 ])
-def test_builtin_package_passes_the_zoos_model_test(tmp_path, monkeypatch, name, pixel_in, pixel_out, channels):
+def test_builtin_package_passes_the_zoos_model_test(tmp_path, monkeypatch, name, pixel_in, pixel_out, channels,
+                                                    estimate):
     from bioimageio.core import test_model
 
     # The zoo's TensorFlow runner unzips the weights into the working directory (and reuses what it finds there).
@@ -47,6 +48,16 @@ def test_builtin_package_passes_the_zoos_model_test(tmp_path, monkeypatch, name,
     scale = round(pixel_in / pixel_out)
     assert output.shape == (1, scale * measurement.shape[1], scale * measurement.shape[2], 3)
     assert (output[..., 1] >= 0).all() and output[..., 1].max() > 0
+    # The first channel is the card's point estimate, named so; BioSR's (the mean network's, no noise) is the API's.
+    names = [a for a in tensor_out["axes"] if a["type"] == "channel"][0]["channel_names"]
+    assert names[0].startswith(f"{estimate}_") and names[1].startswith("std_")
+    if estimate == "mean_network":
+        import cvdm_tf
+
+        prediction = cvdm_tf.load(f"builtin:{name}").predict(measurement[0], samples=2, steps=1)
+        assert prediction.estimate == estimate
+        np.testing.assert_allclose(output[0, ..., 0], prediction.point_estimate,
+                                   atol=1e-3 * np.abs(prediction.point_estimate).max())
 
 
 def test_bioimageio_export_refuses_what_it_cannot_write(tmp_path):

@@ -121,9 +121,9 @@ def test_saved_model_cli_describes_both_signatures(cli_export):
     serve, sample = sections["serving_default"], sections["sample"]
     physics = {"wavelength_um", "pixel_size_um", "defocus_um"}  # the measurement's, QPI's physics_keys
     assert names(serve, "inputs") == {"condition", *physics}
-    assert names(serve, "outputs") == {"mean", "std", "schedule"}
+    assert names(serve, "outputs") == {"mean", "std", "schedule", "estimate"}
     assert names(sample, "inputs") == {"condition", "steps", "samples", "seed", *physics}
-    assert names(sample, "outputs") == {"mean", "std", "schedule", "samples"}
+    assert names(sample, "outputs") == {"mean", "std", "schedule", "estimate", "samples"}
     assert "shape: (-1, -1, -1, 2)" in serve and "DT_FLOAT" in serve  # any batch, H, W; the intensity pair
     assert "shape: (-1, -1, -1, 1)" in serve  # mean/std/schedule: one phase channel
 
@@ -155,7 +155,8 @@ def test_seeded_export_matches_the_in_process_sampler(library_export, tiny_run):
         ref = sampler(y, steps=steps, samples=samples, seed=seed, method=config.sampler.method)
         assert task.refines
         drawn = task.refine(task.denormalize_target(ref["samples"]), tf.constant(condition)).numpy()
-        expected = {"mean": drawn.mean(axis=1), "std": drawn.std(axis=1, ddof=1), "schedule": ref["schedule"]}
+        expected = {"mean": drawn.mean(axis=1), "std": drawn.std(axis=1, ddof=1), "schedule": ref["schedule"],
+                    "estimate": drawn.mean(axis=1)}  # the tiny run's point estimate is the mean
         for name, value in expected.items():
             np.testing.assert_allclose(got[name].numpy(), np.asarray(value), atol=1e-5, err_msg=name)
     # A different seed gives different samples (the seed is an input, not baked in).
@@ -165,6 +166,26 @@ def test_seeded_export_matches_the_in_process_sampler(library_export, tiny_run):
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"outside the range the model was trained on.*4-64"):
         loaded.signatures["serving_default"](condition=tf.constant(condition),
                                              **{**physics, "defocus_um": tf.constant(40.0)})
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_the_exported_median_is_numpys_median_of_the_exported_samples(tiny_run, k):
+    """A run whose point estimate is the median serves the per-pixel median of its (refined) samples, odd and even
+    K, as numpy.median computes it; a model without a mean network cannot export the mean network's estimate."""
+    import tensorflow as tf
+
+    from cvdm_tf.export import ExportedSampler
+    from cvdm_tf.runs import load_run
+
+    config, task, model = load_run(tiny_run)
+    module = ExportedSampler(model, task, steps=2, samples=k, seed=3, sampler_config=config.sampler,
+                             physics_inputs=False, estimate="median")
+    out = module.sample(tf.constant(_condition(*SHAPES[0])), tf.constant(2), tf.constant(k), tf.constant(3))
+    drawn = out["samples"].numpy()
+    np.testing.assert_allclose(out["estimate"].numpy(), np.median(drawn, axis=1), atol=1e-6)
+    assert np.abs(out["estimate"].numpy() - out["mean"].numpy()).max() > 1e-4  # not the mean
+    with pytest.raises(ValueError, match="no mean network"):
+        ExportedSampler(model, task, steps=2, samples=k, estimate="mean_network")
 
 
 def test_export_of_a_folder_that_is_not_a_run_is_one_line_exit_2(tmp_path):
