@@ -40,8 +40,8 @@ CVDM_DOI = "10.48550/arXiv.2312.02246"
 # Same seed, same float32 graph: equal on one machine; another CPU's kernels may round differently.
 TOLERANCE = dict(relative_tolerance=1e-3, absolute_tolerance=1e-3, mismatched_elements_per_million=100)
 # The point estimate (`sampler.estimate`) in the package's words.
-ESTIMATE_WORDS = {"mean": "the mean of the K samples", "median": "the per-pixel median of the K samples",
-                  "mean_network": "the mean network's output, no samples"}
+ESTIMATE_WORDS = {"mean": "the mean of the K samples", "median": "the median of the K samples",
+                  "mean_network": "the mean network's output"}
 
 
 def export_package(run_dir, out_path, steps: int | None = None, samples: int | None = None, seed: int = 0,
@@ -169,8 +169,9 @@ def _describe(run_dir, config, task, model, sampler, seed, raw, output, weights,
              for what in (sampler.estimate, "std", "schedule") for target in task.target_names]
     reconstruction = spec.OutputTensorDescr(
         id=spec.TensorId("reconstruction"),
-        description=f"the point estimate ({ESTIMATE_WORDS[sampler.estimate]}) and the std of the K samples "
-                    f"({in_units}), the learned schedule tau * rho(1)",
+        # At most 128 characters (the spec).
+        description=f"point estimate ({ESTIMATE_WORDS[sampler.estimate]}) and std of the K samples ({in_units}); "
+                    "learned schedule tau * rho(1)",
         axes=[spec.BatchAxis(), output_axis("y"), output_axis("x"),
               spec.ChannelAxis(channel_names=[spec.Identifier(name) for name in names])],
         test_tensor=spec.FileDescr(source=work / "test_reconstruction.npy"))
