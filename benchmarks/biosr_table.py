@@ -59,6 +59,17 @@ def held_out_cases(task, per_structure, size, photons, seed):
     return cases
 
 
+def write_held_out(task, out_dir, per_structure, size, photons, seed):
+    """`held_out_cases` as `cvdm-tf eval --data` reads them: OUT/wf/NAME.tif (the widefield image) and OUT/gt/NAME.tif
+    (the SIM-like truth), each with its pixel size."""
+    from cvdm_tf import io
+
+    for case in held_out_cases(task, per_structure, size, photons, seed):
+        io.write_tiff(Path(out_dir) / "wf" / f"{case.name}.tif", case.measurement[..., 0],
+                      pixel_size_um=task.data.pixel_size_um * task.scale)
+        io.write_tiff(Path(out_dir) / "gt" / f"{case.name}.tif", case.truth, pixel_size_um=task.data.pixel_size_um)
+
+
 def label(config):
     if config.model.kind == "regression":
         return "regression U-Net (L1)"

@@ -3,7 +3,9 @@
     python benchmarks/calibration.py --model builtin:qpi [--images 8] [--size 128] [--k 2 --k 4 --k 8 --k 16]
 
 On held-out measurements (QPI: the camera frames of `qpi_vs_tie.py`, cell fields and held-out natural images, with
-the run's noise; another task: pass `--data` with what `cvdm-tf eval --data` reads), for each K: Spearman's rho of
+the run's noise; BioSR: the held-out cells of `biosr_table.py`, `--images` / 4 per structure at the middle of the
+training photon range, `--seed 1234` its test cells; another task: pass `--data` with what `cvdm-tf eval --data`
+reads), for each K: Spearman's rho of
 the std map with the |error| of the mean of the samples; the same for a perfectly calibrated model with this std map
 (the ceiling the spread of the std map allows, `metrics.calibration`); and the fractions of pixels whose error is
 within 1 and 2 std (times sqrt(1 + 1/K)), against what a calibrated sampler reaches with a std estimated from K
@@ -36,7 +38,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="run folder or builtin:NAME")
     parser.add_argument("--data", help="held-out data as `cvdm-tf eval --data` reads it (default, QPI: the camera "
-                        "frames of benchmarks/qpi_vs_tie.py, the run's default microscope)")
+                        "frames of benchmarks/qpi_vs_tie.py, the run's default microscope; BioSR: the held-out cells "
+                        "of benchmarks/biosr_table.py)")
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--k", type=int, action="append", help="numbers of samples (default 2, 4, 8, 16)")
@@ -52,7 +55,14 @@ def main(argv=None):
     ks = args.k or [2, 4, 8, 16]
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
-        if data is None:
+        if data is None and config.task == "biosr":
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from biosr_table import write_held_out
+
+            photons = float(np.sqrt(config.data.photons_min * config.data.photons_max))  # as biosr_table's default
+            write_held_out(task, tmp, max(1, args.images // 4), args.size, photons, args.seed)
+            data = tmp
+        elif data is None:
             import dataclasses
 
             from cvdm_tf.tasks import make_task

@@ -107,14 +107,10 @@ def write_check_set(name, task, out_dir: Path):
         for case in cases[:: max(1, len(cases) // CHECK["images"])][: CHECK["images"]]:
             io.write_tiff(out_dir / f"{case.name}.tif", np.round(case.truth * 255.0).astype(np.uint8))
     else:
-        from biosr_table import held_out_cases
+        from biosr_table import write_held_out
 
         photons = float(np.sqrt(task.data.photons_min * task.data.photons_max))
-        per_structure = max(1, CHECK["images"] // 4)
-        for case in held_out_cases(task, per_structure, CHECK["size"], photons, HELD_OUT_SEED):
-            wide_px = task.data.pixel_size_um * task.scale
-            io.write_tiff(out_dir / "wf" / f"{case.name}.tif", case.measurement[..., 0], pixel_size_um=wide_px)
-            io.write_tiff(out_dir / "gt" / f"{case.name}.tif", case.truth, pixel_size_um=task.data.pixel_size_um)
+        write_held_out(task, out_dir, max(1, CHECK["images"] // 4), CHECK["size"], photons, HELD_OUT_SEED)
 
 
 def check_scores(spec, samples=CHECK["samples"], seed=CHECK["seed"]) -> dict:
