@@ -106,8 +106,7 @@ def _test_measurement(run_dir, task, config, test_input) -> np.ndarray:
 
 def _weights(model, task, config, sampler, seed, raw, work: Path):
     """The SavedModel zipped (path), and its output for `raw` ([1, H, W, 3 C]: the run's point estimate, std,
-    schedule) from the saved
-    graph as bioimage.io's runner calls it (Keras' TFSMLayer on the `serve` endpoint)."""
+    schedule) from the saved graph as bioimage.io's runner calls it (Keras' TFSMLayer on the `serve` endpoint)."""
     import keras
     import tensorflow as tf
 

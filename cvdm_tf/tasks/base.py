@@ -243,9 +243,9 @@ class Task:
         """The files `infer` writes for one image NAME (`result`: mean, std, schedule from `inference.reconstruct`;
         `source`: the file it was read from; `made_by`: the model and sampler, for the files' metadata; `estimate`:
         the run's point estimate, which the preview shows; `mean_network_estimate`: what the mean network
-        estimates, `ModelConfig.mean_network_estimate`, for its file's channel name); returns their paths. Default: NAME_mean/std/schedule.tif
-        (float32 OME-TIFF in the task's units and output pixel size, with the physics of the measurement), those of
-        the other point estimates in `result`, and NAME_preview.png."""
+        estimates, `ModelConfig.mean_network_estimate`, for its file's channel name); returns their paths.
+        Default: NAME_mean/std/schedule.tif (float32 OME-TIFF in the task's units and output pixel size, with the
+        physics of the measurement), those of the other point estimates in `result`, and NAME_preview.png."""
         from cvdm_tf.inference import write_outputs
 
         description = "; ".join(part for part in (made_by, self.describe_physics()) if part)
