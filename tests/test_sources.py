@@ -424,10 +424,34 @@ def _file_bytes(draw) -> bytes:
     return bytes(data[:position]) + draw(st.binary(min_size=1, max_size=32)) + bytes(data[position:])
 
 
+def test_a_tiff_whose_directory_chain_loops_is_refused_not_followed(tmp_path):
+    """A TIFF whose image directory points to itself as the next one (found by the fuzz test below: tifffile
+    follows such a chain without end, memory growing) is refused in one line, by the image, z-stack and BioSR
+    readers alike."""
+    from cvdm_tf.data import biosr_files, stacks
+
+    path = tmp_path / "loop.tif"
+    tifffile.imwrite(path, np.zeros((4, 4), np.uint8))
+    data = bytearray(path.read_bytes())
+    first = struct.unpack("<I", data[4:8])[0]
+    entries = struct.unpack("<H", data[first:first + 2])[0]
+    next_offset = first + 2 + 12 * entries
+    assert struct.unpack("<I", data[next_offset:next_offset + 4])[0] == 0  # one directory, the chain's end
+    data[next_offset:next_offset + 4] = struct.pack("<I", first)
+    path.write_bytes(bytes(data))
+    for read in (read_image, stacks.read_stack, biosr_files._header_shape):
+        with pytest.raises(InputError, match="a chain that loops") as error:
+            read(path)
+        assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
 _FUZZ_DIR = tempfile.TemporaryDirectory(prefix="cvdm-fuzz-")
 
 
-@settings(max_examples=600, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+# Derandomized: CI draws the same 600 files every run (a random draw found the looping TIFF above; to search
+# again, run with --hypothesis-seed=N and derandomize off).
+@settings(max_examples=600, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(data=_file_bytes(), suffix=st.sampled_from(IMAGE_SUFFIXES))
 def test_fuzz_read_image_returns_image_or_input_error(data, suffix):
     path = Path(_FUZZ_DIR.name) / f"fuzz{suffix}"

@@ -44,6 +44,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from cvdm_tf.data.readers import check_tiff_directories
 from cvdm_tf.data.sources import list_images, read_stack_with_dtype, split_by_image, unique_name
 from cvdm_tf.errors import InputError
 
@@ -478,6 +479,7 @@ def _header_shape(path: Path) -> tuple:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
+                check_tiff_directories(tif, str(path))
                 shape = tuple(tif.series[0].shape)
         elif suffix == ".npy":
             shape = np.load(path, mmap_mode="r", allow_pickle=False).shape

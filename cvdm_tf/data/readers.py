@@ -372,6 +372,18 @@ class _LogCollector(logging.Handler):
         self.records.append(record)
 
 
+def check_tiff_directories(tif, name: str) -> None:
+    """Refuse a TIFF whose chain of image directories is longer than the file can hold: a damaged or forged file
+    can chain a directory to itself, and tifffile follows such a chain without end (and without bound on memory).
+    Every directory takes at least 18 bytes (an entry count, one 12-byte entry and the next offset)."""
+    size = tif.filehandle.size
+    limit = max(1, size // 18)
+    for count, _ in enumerate(tif.pages, 1):
+        if count > limit:
+            raise InputError(f"{name}: not a readable image (corrupt TIFF: more image directories than its {size} "
+                             "bytes can hold, a chain that loops)")
+
+
 def _decode_tiff(path: Path, name: str) -> np.ndarray:
     """The first series of a TIFF (full resolution), refusing truncated or damaged pixel data."""
     import tifffile
@@ -384,6 +396,7 @@ def _decode_tiff(path: Path, name: str) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
             size = tif.filehandle.size
+            check_tiff_directories(tif, name)
             if not tif.series:
                 raise InputError(f"{name}: not a readable image (TIFF holds no image data)")
             series = tif.series[0]

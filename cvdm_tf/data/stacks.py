@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cvdm_tf.data.readers import check_tiff_directories
 from cvdm_tf.errors import InputError
 
 __all__ = ["read_stack", "z_step", "pixel_size_um"]
@@ -77,6 +78,7 @@ def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
         raise InputError(f"{name}: no such file" if not file.exists() else f"{name}: not a file")
     try:
         with tifffile.TiffFile(file) as tif:
+            check_tiff_directories(tif, name)
             if not tif.series:
                 raise InputError(f"{name}: the TIFF holds no image data")
             series = tif.series[0]
