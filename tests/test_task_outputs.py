@@ -147,7 +147,8 @@ def test_sr4x_point_mass_comes_back_in_the_input_files_units(tmp_path, kind):
 
 def test_biosr_eval_rows_are_the_scores_of_the_files_infer_writes(tmp_path):
     """`evaluate` and `infer_paths` with the built-in BioSR model on its held-out set (4 cells, 32 px widefield),
-    same sampler and seed: every image's cvdm MAE, PSNR and SSIM recomputed from NAME_mean.tif and gt/NAME.tif
+    same sampler and seed: every image's cvdm MAE, PSNR and SSIM (its point estimate's, the card's: the mean
+    network's) recomputed from the NAME_mean_network.tif infer writes unasked and gt/NAME.tif
     (each scaled to [0, 1] by its min and max, then scikit-image) agree within 1e-5 (measured 2e-7), and so do
     the mean rows. The Richardson-Lucy row (5 iterations) against scikit-image's RL with the closed-form Airy PSF
     on the spline-upsampled widefield file (test_optics): within 1% (measured 0.33%: the PSFs differ by 0.65%)."""
@@ -165,11 +166,11 @@ def test_biosr_eval_rows_are_the_scores_of_the_files_infer_writes(tmp_path):
     d = config.data
     half = int(np.ceil(3 * 0.6098 * d.wavelength_um / d.na / d.pixel_size_um))
     airy = airy_kernel(2 * half + 1, d.pixel_size_um, d.na, d.wavelength_um)
-    assert len(report["images"]) == 4
+    assert len(report["images"]) == 4 and config.sampler.estimate == report["estimate"] == "mean_network"
     recomputed = []
     for row in report["images"]:
         truth = _min_max(tifffile.imread(data / "gt" / f"{row['name']}.tif"))
-        estimate = _min_max(tifffile.imread(tmp_path / f"{row['name']}_mean.tif"))
+        estimate = _min_max(tifffile.imread(tmp_path / f"{row['name']}_{config.sampler.estimate}.tif"))
         scores = {"mae": np.mean(np.abs(estimate - truth)),
                   "psnr": peak_signal_noise_ratio(truth, estimate, data_range=1.0),
                   "ssim": _ssim(estimate, truth, 1.0)}
