@@ -162,9 +162,14 @@ class Sampler(tf.Module):
         tau = schedule.tau(y)
         y_k = tf.repeat(y, samples, axis=0)
         tau_k = tf.repeat(tau, samples, axis=0)
+        guard = []
         if self.antithetic:  # the exported graph's guard (`__call__` checks before tracing)
-            tf.debugging.assert_equal(samples % 2, 0, message="antithetic sampling: K must be even")
-        z_T = self._normal(tf.shape(tau_k), tf.stack([seed, 0]))
+            check = tf.debugging.assert_equal(samples % 2, 0, message="antithetic sampling: K must be even")
+            guard = [check] if check is not None else []  # None when eager (it has raised already)
+        # In a graph nothing orders the check before the pairs' reshape, which fails on an odd K with TF's own
+        # message: the noise waits for the check.
+        with tf.control_dependencies(guard):
+            z_T = self._normal(tf.shape(tau_k), tf.stack([seed, 0]))
         return {"y": y, "size": tf.stack(size), "magnitude": schedule.magnitude(tau), "y_k": y_k, "tau_k": tau_k,
                 "z": z_T, "x_hat": tf.zeros_like(z_T)}
 
