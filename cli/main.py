@@ -473,7 +473,7 @@ def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, co
     MS-SSIM and the task's own metrics)."""
     import dataclasses
 
-    from cvdm_tf import io
+    from cvdm_tf import io, recalibration
     from cvdm_tf.evaluation import evaluate, markdown_table
     from cvdm_tf.runs import load_run
     from cvdm_tf.tasks import make_task
@@ -492,9 +492,11 @@ def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, co
     for path in compare_runs:
         other_config, _, other_model = load_run(path)
         compare[Path(path).name] = (other_config, other_model)
+    fit = recalibration.find(recalibration.of_run(run_dir), samples, steps or config.sampler.steps,
+                             method or config.sampler.method, config.sampler.antithetic)
     report = evaluate(config, task_object, model, data_path, noise=noise, samples=samples, steps=steps,
                       method=method, seed=seed, baselines=baselines or None, baseline_options=baseline_options,
-                      compare=compare, reader_options=reader_options,
+                      compare=compare, reader_options=reader_options, recalibration=fit,
                       progress=lambda i, n, name: click.echo(f"[{i}/{n}] {name}", err=True))
     io.write_json(report_path, report)
     click.echo(markdown_table(report, task_object.score_columns))
@@ -503,7 +505,55 @@ def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, co
     click.echo(f"\ncvdm: the run's point estimate, its {ESTIMATE_TITLES[report['estimate']]} "
                f"(K = {report['samples']} samples of T = {report['steps']} {report['sampler']} steps; std maps and "
                "calibration from the samples)")
+    if fit is not None:
+        click.echo(f"recalibrated: the {fit.label()} (`cvdm-tf calibrate`)")
     click.echo(f"per-image metrics in {report_path}")
+
+
+# === calibrate ===
+
+
+@main.command()
+@click.option("--model", "run_dir", required=True, type=click.Path(), help=MODEL_HELP)
+@click.option("--data", "data_path", required=True, type=click.Path(),
+              help="Validation data, as `cvdm-tf eval --data` reads it (never the images you will judge it on).")
+@click.option("--samples", type=click.IntRange(min=2), help="K (default: the run's sampler.samples).")
+@click.option("--steps", type=click.IntRange(min=1), help="T sampling steps (default: the run's).")
+@click.option("--sampler", "method", type=click.Choice(["ddpm", "ddim"]), help="Default: the run's.")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Folder of the recalibration.json to write (default: the run folder; required for builtin:NAME).")
+@command
+def calibrate(run_dir, data_path, samples, steps, method, seed, out_dir):
+    """Fit the std map's recalibration on validation data: one factor per level of the image, so the truth is
+    within 1 and 2 std as often as for a calibrated sampler (Student-t targets). infer then also writes
+    NAME_std_recalibrated.tif at this K, T and sampler."""
+    from cvdm_tf import builtin
+    from cvdm_tf.runs import model_config
+
+    config = model_config(run_dir)
+    if not Path(data_path).exists():
+        raise InputError(f"{data_path}: no such file or folder")
+    if out_dir is None and builtin.is_builtin(run_dir):
+        raise InputError(f"{run_dir}: a built-in model's folder is not yours to write; pass --out FOLDER")
+    samples = samples or config.sampler.samples
+    if samples < 2:
+        raise InputError(f"--samples {samples}: a std map needs K >= 2")
+    if config.sampler.antithetic and samples % 2:
+        raise InputError(f"--samples {samples}: this model samples in antithetic pairs (sampler.antithetic), so K "
+                         "must be even")
+    from cvdm_tf import recalibration
+    from cvdm_tf.runs import load_run
+
+    config, task, model = load_run(run_dir)
+    fit = recalibration.fit_run(config, task, model, data_path, samples, steps or config.sampler.steps,
+                                method or config.sampler.method, seed=seed,
+                                progress=lambda i, n, name: click.echo(f"[{i}/{n}] {name}", err=True))
+    out = Path(out_dir or run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = recalibration.save(fit, out)
+    click.echo(f"wrote {path}: {fit.label()}")
+    click.echo("factor per level bin (dark to bright): " + " ".join(f"{a:.2f}" for a in fit.scales))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -73,12 +73,13 @@ class Model:
         config: the run's `Config` (its `sampler` table holds the default K, T and method).
         task: the run's task (`cvdm_tf.tasks`): what a measurement is, its units and physics.
         card: dict or None. The built-in model's card (`cvdm-tf models NAME`), None for a run folder.
+        recalibrations: the run's fits of `cvdm-tf calibrate` (`cvdm_tf.recalibration`), one per sampler setting.
     """
 
     def __init__(self, spec, precision: str | None = None, data=None):
         """`spec`: a run folder or `builtin:NAME`; `precision`: the sampler's ("auto", "float32", "bfloat16"; None:
         the run's); `data`: a data config for the run's task other than the run's (e.g. QPI's refinement off)."""
-        from cvdm_tf import builtin
+        from cvdm_tf import builtin, recalibration
         from cvdm_tf.runs import load_run
         from cvdm_tf.sampler import sampler_for
 
@@ -91,6 +92,15 @@ class Model:
         sampler_config = dataclasses.replace(self.config.sampler, precision=precision or self.config.sampler.precision)
         self.sampler = sampler_for(self.network, sampler_config)  # one compiled graph for every call
         self.card = builtin.card(spec) if builtin.is_builtin(spec) else None
+        self.recalibrations = recalibration.of_run(spec)
+
+    def recalibration(self, samples: int | None = None, steps: int | None = None, method: str | None = None):
+        """The fit of `cvdm-tf calibrate` for this sampler setting (None: the run's), or None."""
+        from cvdm_tf.recalibration import find
+
+        sampler = self.config.sampler
+        return find(self.recalibrations, samples or sampler.samples, steps or sampler.steps, method or sampler.method,
+                    sampler.antithetic)
 
     def __repr__(self):
         return f"cvdm_tf.Model({self.spec!r}, task={self.task.name!r})"
@@ -144,13 +154,20 @@ class Model:
         """`inference.reconstruct` of one raw measurement [h, w, C] already read by `task` (e.g. `task.read_file`,
         as `cvdm-tf infer` reads files), with this model's sampler and the run's K, T and method by default: dict
         of mean, std, schedule [H, W, C] in physical units (and samples with `keep_samples=True`), and the run's
-        point estimate (`sampler.estimate`: median or mean_network) whatever `options` ask. `options`: tile,
+        point estimate (`sampler.estimate`: median or mean_network) whatever `options` ask; `std_recalibrated`
+        too where the run has a fit of `cvdm-tf calibrate` for this setting (`recalibration`). `options`: tile,
         batch_size, keep_samples, median, mean_network, progress, chunk, step_progress."""
         from cvdm_tf.inference import reconstruct
 
-        return reconstruct(self.network, task, raw, samples=samples or self.config.sampler.samples,
-                           steps=steps or self.config.sampler.steps, method=method or self.config.sampler.method,
-                           seed=seed, sampler=self.sampler, estimate=self.config.sampler.estimate, **options)
+        samples = samples or self.config.sampler.samples
+        steps = steps or self.config.sampler.steps
+        method = method or self.config.sampler.method
+        result = reconstruct(self.network, task, raw, samples=samples, steps=steps, method=method, seed=seed,
+                             sampler=self.sampler, estimate=self.config.sampler.estimate, **options)
+        fit = self.recalibration(samples, steps, method)
+        if fit is not None:
+            result["std_recalibrated"] = fit.apply(result["std"], result["mean"])
+        return result
 
 
 def load(spec) -> Model:

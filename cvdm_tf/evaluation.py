@@ -24,7 +24,8 @@ from cvdm_tf.errors import InputError
 
 
 def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, method=None, seed=0,
-             baselines=None, baseline_options=None, compare=None, reader_options=None, progress=None) -> dict:
+             baselines=None, baseline_options=None, compare=None, reader_options=None, progress=None,
+             recalibration=None) -> dict:
     """Per-image and mean metrics of the model and the task's baselines on the cases in `data_path`.
 
     Args:
@@ -38,6 +39,8 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
             reconstructed with their own sampler settings and scored alike.
         reader_options: dict of the task's reader options (QPI: a z-stack's z_step_um, ...).
         progress: callable(i, n, name) or None.
+        recalibration: `cvdm_tf.recalibration.Recalibration` of this sampler setting or None. Also score the
+            recalibrated std map (`recalibrated_within_1_std`, `_within_2_std`, `recalibrated_std_vs_error`).
     """
     from cvdm_tf.sampler import sampler_for
 
@@ -71,25 +74,33 @@ def evaluate(config, task, model, data_path, noise=None, samples=4, steps=None, 
     for i, case in enumerate(cases):
         out = _reconstruct(config, model, task, case.measurement, samples=samples, steps=steps,
                            method=method, seed=seed, sampler=sampler)
-        mean = _image(out["mean"])
+        mean = scored_image(out["mean"])
         truth = np.asarray(case.truth)
         row = {"name": case.name, "group": case.group, "shape": list(truth.shape),
-               "cvdm": task.score(_image(out[config.sampler.estimate]), truth)}
+               "cvdm": task.score(scored_image(out[config.sampler.estimate]), truth)}
         # The error the maps should track, centred as the task scores it (QPI: each image's mean phase removed).
         centred_mean, centred_truth = task.centre(mean, truth)
-        row["cvdm"].update(metrics.uncertainty_correlations(_image(out["std"]), _image(out["schedule"]),
+        row["cvdm"].update(metrics.uncertainty_correlations(scored_image(out["std"]), scored_image(out["schedule"]),
                                                             centred_mean, centred_truth))
         # Calibration: is the truth within 1 and 2 std of the mean as often as for a calibrated sampler (Student-t)?
-        row["cvdm"].update(metrics.calibration(task.centre_spread(_image(out["std"]), mean),
+        row["cvdm"].update(metrics.calibration(task.centre_spread(scored_image(out["std"]), mean),
                                                centred_mean - centred_truth, samples, seed,
                                                antithetic=config.sampler.antithetic))
+        if recalibration is not None:
+            spread = task.centre_spread(recalibration.apply(scored_image(out["std"]), mean), mean)
+            judged = metrics.calibration(spread, centred_mean - centred_truth, samples, seed,
+                                         antithetic=config.sampler.antithetic)
+            row["cvdm"].update(recalibrated_within_1_std=judged["within_1_std"],
+                               recalibrated_within_2_std=judged["within_2_std"],
+                               recalibrated_std_vs_error=metrics.rank_correlation(
+                                   spread, np.abs(centred_mean - centred_truth)))
         row["cvdm"]["mean_std"] = float(np.mean(out["std"]))
         row["cvdm"]["mean_abs_error"] = float(np.mean(np.abs(centred_mean - centred_truth)))
         for label, (other, other_model, other_sampler) in others.items():
             result = _reconstruct(other, other_model, task, case.measurement, samples=samples,
                                   steps=other.sampler.steps, method=other.sampler.method, seed=seed,
                                   sampler=other_sampler)
-            row[label] = task.score(_image(result[other.sampler.estimate]), truth)
+            row[label] = task.score(scored_image(result[other.sampler.estimate]), truth)
         for name, baseline in methods.items():
             row[name] = task.score(baseline(case.measurement), truth)
         images.append(row)
@@ -113,7 +124,7 @@ def _reconstruct(config, model, task, measurement, **options) -> dict:
     return reconstruct(model, task, measurement, estimate=config.sampler.estimate, **options)
 
 
-def _image(values) -> np.ndarray:
+def scored_image(values) -> np.ndarray:
     """An output [H, W, C] as the task scores it: [H, W] for one channel, all channels otherwise."""
     values = np.asarray(values)
     return values[..., 0] if values.shape[-1] == 1 else values
@@ -136,6 +147,9 @@ def markdown_table(report: dict, columns) -> str:
              ("within_1_std", "within 1 std", ".3f"), ("within_1_std_target", "(calibrated: Student-t)", ".3f"),
              ("within_2_std", "within 2 std", ".3f"), ("within_2_std_target", "(calibrated)", ".3f"),
              ("schedule_vs_error", "rank corr. schedule~error", ".3f"))
+    if any("recalibrated_within_1_std" in values for values in report["mean"].values()):
+        extra += (("recalibrated_within_1_std", "recalibrated: within 1 std", ".3f"),
+                  ("recalibrated_within_2_std", "within 2 std", ".3f"))
     columns = tuple(columns) + extra
     lines = ["| method | " + " | ".join(header for _, header, _ in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]

@@ -151,6 +151,14 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
     progress.message(f"K = {samples} samples of T = {steps} {method} steps per image")
     report = InferReport(out_dir=out_dir, files=len(files))
     made_by = _made_by(run_dir, samples, steps, method, seed)
+    fit = api_model.recalibration(samples, steps, method)
+    if fit is not None:
+        made_by += f"; NAME_std_recalibrated: {fit.label()}"
+        progress.message(f"the std map is also written recalibrated (NAME_std_recalibrated): {fit.label()}")
+    elif api_model.recalibrations:
+        progress.message("no recalibration of the std map for this sampler setting (the run has: "
+                         + "; ".join(entry.setting() for entry in api_model.recalibrations)
+                         + "): NAME_std only (`cvdm-tf calibrate` fits one)")
     estimate = config.sampler.estimate  # written whatever the flags (`Model.reconstruct`), shown in the preview
     used: set[str] = set()
     try:
@@ -270,14 +278,15 @@ def write_outputs(out_dir: Path, name: str, raw: np.ndarray, result: dict, unit:
                   pixel_size_um: float | None = None, description: str = "", estimate: str = "mean",
                   mean_network_estimate: str = "E[x|y]") -> list[Path]:
     """NAME_mean.tif, NAME_std.tif, NAME_schedule.tif (OME-TIFF: pixel size, channel name with the unit,
-    `description`), NAME_median.tif and NAME_mean_network.tif where `result` has them (its channel named by what
-    the mean network estimates, `ModelConfig.mean_network_estimate`), and NAME_preview.png showing the point
-    estimate `estimate` (a key of `result`), each written atomically."""
+    `description`), NAME_median.tif, NAME_mean_network.tif (its channel named by what the mean network
+    estimates, `ModelConfig.mean_network_estimate`) and NAME_std_recalibrated.tif where `result` has them, and
+    NAME_preview.png showing the point estimate `estimate` (a key of `result`), each written atomically."""
     paths = []
     channel = {key: f"{key} ({unit})" if unit else key for key in ("mean", "median", "std")}
+    channel["std_recalibrated"] = "std recalibrated on validation images" + (f" ({unit})" if unit else "")
     channel["mean_network"] = f"{mean_network_estimate} of the mean network" + (f" ({unit})" if unit else "")
     channel["schedule"] = "schedule (tau rho(1), dimensionless)"
-    for key in (*ESTIMATES, "std", "schedule"):
+    for key in (*ESTIMATES, "std", "std_recalibrated", "schedule"):
         if key not in result:
             continue
         paths.append(io.write_tiff(out_dir / f"{name}_{key}.tif", result[key], pixel_size_um=pixel_size_um,

@@ -205,7 +205,8 @@ class SR4xTask(Task):
                       mean_network_estimate="E[x|y]"):
         """NAME_mean.png (8 bits) and NAME_mean.tif in the input's value range and dtype family (uint8 / uint16
         values, or float32 in the float input's own range), the same for NAME_median and NAME_mean_network where
-        `result` has them (`infer --median`, `--mean-network`), NAME_std.tif (float32, the same units),
+        `result` has them (`infer --median`, `--mean-network`), NAME_std.tif (float32, the same units; and
+        NAME_std_recalibrated.tif where the run has a fit for the setting, `cvdm-tf calibrate`),
         NAME_schedule.tif and NAME_preview.png (showing `estimate`; `mean_network_estimate` unused: these files
         carry no channel names)."""
         from cvdm_tf.inference import ESTIMATES
@@ -227,9 +228,11 @@ class SR4xTask(Task):
                 unit = np.clip(result[key], 0.0, 1.0)
                 paths += [io.write_png(out_dir / f"{name}_{key}.png", _to_uint8(unit)),
                           _write_tiff(out_dir / f"{name}_{key}.tif", to_input(unit))]
-        std = (result["std"] * span).astype(np.float32)
-        return paths + [io.write_tiff(out_dir / f"{name}_std.tif", std, description=made_by),
-                        io.write_tiff(out_dir / f"{name}_schedule.tif", result["schedule"], description=made_by),
+        for key in ("std", "std_recalibrated"):
+            if key in result:
+                paths.append(io.write_tiff(out_dir / f"{name}_{key}.tif", (result[key] * span).astype(np.float32),
+                                           description=made_by))
+        return paths + [io.write_tiff(out_dir / f"{name}_schedule.tif", result["schedule"], description=made_by),
                         io.write_png(out_dir / f"{name}_preview.png",
                                      preview_image(raw, np.clip(result[estimate], 0.0, 1.0), result["std"],
                                                    result["schedule"], estimate=estimate))]
