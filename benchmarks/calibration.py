@@ -13,7 +13,9 @@ samples (a Student-t with K - 1 degrees of freedom: 61% / 86% at K = 4, 65% / 91
 over-dispersed, less over-confident; for antithetic pairs a Student-t with K / 2, no sqrt(1 + 1/K):
 `metrics.calibration_targets`). The ceiling is a parametric bootstrap: sigma from the map, a truth and K fresh
 samples drawn per pixel, the std re-estimated from them (`metrics.calibration`). All through `cvdm-tf eval`'s code
-path (`cvdm_tf.evaluation.evaluate`), errors centred as the task scores them.
+path (`cvdm_tf.evaluation.evaluate`), errors centred as the task scores them. Where the run (or `--recalibration
+FOLDER`) has a fit of `cvdm-tf calibrate` for the setting, the recalibrated map's coverage too (fitted on other
+images than these: BioSR's validation cells have seed 4321).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from cvdm_tf import io  # noqa: E402
+from cvdm_tf import io, recalibration  # noqa: E402
 from cvdm_tf.evaluation import evaluate  # noqa: E402
 from cvdm_tf.runs import load_run  # noqa: E402
 
@@ -48,8 +50,11 @@ def main(argv=None):
     parser.add_argument("--antithetic", choices=["yes", "no"], help="samples in antithetic pairs (default: the run's)")
     parser.add_argument("--regions", action="store_true", help="also the coverage on the background (the truth "
                         "within 5%% of its range above its minimum) and on the rest, at the largest K")
+    parser.add_argument("--recalibration", metavar="FOLDER", help="the recalibration.json of `cvdm-tf calibrate` "
+                        "in this folder (default: the model's own, if any)")
     args = parser.parse_args(argv)
     config, task, model = load_run(args.model)
+    fits = recalibration.load(args.recalibration) if args.recalibration else recalibration.of_run(args.model)
     changes = {"steps": args.steps} if args.steps else {}
     if args.antithetic:
         changes.update(antithetic=args.antithetic == "yes", samples=2)
@@ -79,39 +84,49 @@ def main(argv=None):
         rows = []
         for k in ks:
             began = time.process_time()
-            report = evaluate(config, task, model, data, samples=k, seed=args.seed, baselines=[])
+            fit = recalibration.find(fits, k, config.sampler.steps, config.sampler.method, config.sampler.antithetic)
+            report = evaluate(config, task, model, data, samples=k, seed=args.seed, baselines=[], recalibration=fit)
             rows.append((k, report["mean"]["cvdm"], time.process_time() - began))
-        regions = coverage_by_region(config, task, model, data, max(ks), args.seed) if args.regions else None
+        fit = recalibration.find(fits, max(ks), config.sampler.steps, config.sampler.method, config.sampler.antithetic)
+        regions = coverage_by_region(config, task, model, data, max(ks), args.seed, fit) if args.regions else None
     print(f"\n{args.model}: {config.task}, {len(report['images'])} held-out images, noise {report['noise']}, "
           f"T = {report['steps']} {report['sampler']} steps"
           f"{', K in antithetic pairs' if config.sampler.antithetic else ''}\n")
     metric = next(iter(report["mean"]["cvdm"]))  # the task's first score (QPI, BioSR: MAE; sr4x: PSNR on RGB)
     print(f"| K | {metric} | rank corr. std~|error| | calibrated ceiling | within 1 std (calibrated) | within 2 std "
-          "(calibrated) | rank corr. schedule~|error| | CPU s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "(calibrated) | recalibrated: rank corr. | within 1 std | within 2 std | rank corr. schedule~|error| | "
+          "CPU s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for k, scores, cpu in rows:
+        recalibrated = " | ".join(f"{scores[key]:.3f}" if key in scores else "" for key in (
+            "recalibrated_std_vs_error", "recalibrated_within_1_std", "recalibrated_within_2_std"))
         print(f"| {k} | {scores[metric]:.4f} | {scores['std_vs_error']:.3f} | {scores['std_vs_error_ceiling']:.3f} | "
               f"{scores['within_1_std']:.3f} ({scores['within_1_std_target']:.3f}) | {scores['within_2_std']:.3f} "
-              f"({scores['within_2_std_target']:.3f}) | {scores['schedule_vs_error']:.3f} | {cpu:.0f} |")
+              f"({scores['within_2_std_target']:.3f}) | {recalibrated} | {scores['schedule_vs_error']:.3f} | "
+              f"{cpu:.0f} |")
+    fitted = [f"K = {entry.samples}: {entry.label()}, on {entry.data}" for entry in fits]
+    print("\nRecalibration: " + ("; ".join(fitted) if fitted else "none (`cvdm-tf calibrate`)"))
     if regions:
         print(f"\nBy region, K = {max(ks)} (a calibrated sampler: {regions.pop('targets')}):\n")
-        print("| pixels | share | within 1 std | within 2 std |\n|---|---|---|---|")
-        for name, (share, within_1, within_2) in regions.items():
-            print(f"| {name} | {share:.2f} | {within_1:.3f} | {within_2:.3f} |")
+        print("| pixels | share | within 1 std | within 2 std | recalibrated: within 1 std | within 2 std |\n"
+              "|---|---|---|---|---|---|")
+        for name, (share, *within) in regions.items():
+            print(f"| {name} | {share:.2f} | " + " | ".join(f"{w:.3f}" if w == w else "" for w in within) + " |")
     return 0
 
 
-def coverage_by_region(config, task, model, data, k, seed) -> dict:
+def coverage_by_region(config, task, model, data, k, seed, fit=None) -> dict:
     """Coverage of the truth by the std map (as `metrics.calibration` counts it, errors centred as the task scores
     them) on the background, where the truth lies within 5% of its range above its minimum, and on the rest: an
-    aggregate near the targets can hide a map too wide on one and too narrow on the other."""
+    aggregate near the targets can hide a map too wide on one and too narrow on the other. With `fit` (a
+    `Recalibration` of this setting), the recalibrated map's too (else NaN)."""
     from cvdm_tf import metrics
     from cvdm_tf.inference import reconstruct
     from cvdm_tf.sampler import sampler_for
 
     sampler = sampler_for(model, config.sampler)
     antithetic = config.sampler.antithetic
-    counts = {"background": np.zeros(3), "structure": np.zeros(3)}
+    counts = {"background": np.zeros(5), "structure": np.zeros(5)}
     for case in task.eval_cases(data, getattr(task.data, "noise", "none"), seed):
         out = reconstruct(model, task, case.measurement, samples=k, steps=config.sampler.steps,
                           method=config.sampler.method, seed=seed, sampler=sampler)
@@ -119,13 +134,18 @@ def coverage_by_region(config, task, model, data, k, seed) -> dict:
         centred, truth = task.centre(mean, np.asarray(case.truth))
         sigma = task.centre_spread(std, mean) * (1.0 if antithetic else np.sqrt(1.0 + 1.0 / k))
         z = np.abs(centred - truth) / np.maximum(sigma, np.finfo(np.float64).tiny)
+        z_fit = z / np.asarray(fit.scales)[recalibration.level_bins(mean, len(fit.scales))] if fit else z * np.nan
         background = truth - truth.min() <= 0.05 * (truth.max() - truth.min())
         for name, mask in (("background", background), ("structure", ~background)):
-            counts[name] += [mask.sum(), (z[mask] <= 1).sum(), (z[mask] <= 2).sum()]
+            counts[name] += [mask.sum(), (z[mask] <= 1).sum(), (z[mask] <= 2).sum(), (z_fit[mask] <= 1).sum(),
+                             (z_fit[mask] <= 2).sum()]
     total = sum(c[0] for c in counts.values())
     target_1, target_2 = metrics.calibration_targets(k, antithetic)
+    nan = float("nan")
     return {"targets": f"{target_1:.3f} / {target_2:.3f}",
-            **{name: (n / total, w1 / max(n, 1), w2 / max(n, 1)) for name, (n, w1, w2) in counts.items()}}
+            **{name: (n / total, w1 / max(n, 1), w2 / max(n, 1), *((r1 / max(n, 1), r2 / max(n, 1)) if fit
+                                                                   else (nan, nan)))
+               for name, (n, w1, w2, r1, r2) in counts.items()}}
 
 
 if __name__ == "__main__":

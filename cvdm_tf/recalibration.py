@@ -164,8 +164,9 @@ def find(fits, samples: int, steps: int, method: str, antithetic: bool) -> Recal
 
 
 def fit_run(config, task, model, data, samples: int, steps: int, method: str, seed: int = 0, bins: int = BINS,
-            progress=None) -> Recalibration:
-    """Sample every case of `data` (what `cvdm-tf eval --data` reads) at the setting and fit its factors."""
+            progress=None, described: str = "") -> Recalibration:
+    """Sample every case of `data` (what `cvdm-tf eval --data` reads) at the setting and fit its factors;
+    `described`: what the data are, for the file (default: its path)."""
     from cvdm_tf.evaluation import scored_image
     from cvdm_tf.inference import reconstruct
     from cvdm_tf.sampler import sampler_for
@@ -186,4 +187,4 @@ def fit_run(config, task, model, data, samples: int, steps: int, method: str, se
         if progress:
             progress(index + 1, len(cases), case.name)
     return fit(stds, errors, means, samples, steps, method, config.sampler.antithetic, bins,
-               data=f"{os.fspath(data)} ({len(cases)} image(s), seed {seed})")
+               data=described or f"{os.fspath(data)} ({len(cases)} image(s), sampler seed {seed})")

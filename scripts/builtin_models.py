@@ -2,6 +2,7 @@
 
     python scripts/builtin_models.py --name qpi   --run runs/qpi-default   [--train]
     python scripts/builtin_models.py --name biosr --run runs/biosr-default [--train]
+    python scripts/builtin_models.py --name biosr --recalibrate-only
 
 1. `--train`: train the run first with the default command (`cvdm-tf train --task NAME --out RUN`), unless it is
    complete already. The default configs are seeded, so this reproduces the shipped model up to TensorFlow's
@@ -12,6 +13,9 @@
    oracle-tuned classical baseline on it with `cvdm_tf.evaluation.evaluate`, exactly as `cvdm-tf eval` does.
 4. Run the task's held-out benchmark (`benchmarks/qpi_vs_tie.py`, `benchmarks/biosr_table.py`) on the shipped
    model and write its result into the card.
+5. BioSR: fit the std map's recalibration (`cvdm_tf.recalibration`) on 64 validation cells (seed 4321, never the
+   benchmark's test cells) at the card's sampler and at K = 8, T = 10 (`--recalibrate-only`: this step alone, on
+   the shipped model).
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ MODELS = {
         # point estimate, the mean network's (L1: the median), was chosen on the same cells over two training seeds
         # (MAE 0.0198 / 0.0199; the samples' median 0.0214 / 0.0245, their mean 0.0221 / 0.0261).
         sampler=dict(method="ddpm", steps=4, samples=4, antithetic=True, estimate="mean_network"),
+        # The std map's recalibration: (K, T) settings, validation cells per structure and their size.
+        recalibrate=dict(settings=[(4, 4), (8, 10)], per_structure=16, size=128),
     ),
     "sr4x": dict(
         title="4x super-resolution of natural images (colour)",
@@ -185,15 +191,42 @@ def toml_card(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recalibrate(name, out_dir: Path):
+    """Fit the std map's recalibration of the shipped model at each of its settings (`MODELS[name]["recalibrate"]`)
+    on simulated validation cells (seed `HELD_OUT_SEED`), into OUT_DIR/recalibration.json."""
+    from biosr_table import write_held_out
+
+    from cvdm_tf import recalibration
+
+    plan = MODELS[name]["recalibrate"]
+    config, task, model = load_run(f"builtin:{name}")
+    photons = float(np.sqrt(config.data.photons_min * config.data.photons_max))
+    described = (f"{4 * plan['per_structure']} simulated validation cells ({plan['per_structure']} per structure, "
+                 f"{plan['size']} px, {photons:.0f} photons, seed {HELD_OUT_SEED}: benchmarks/biosr_table.py)")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_held_out(task, tmp, plan["per_structure"], plan["size"], photons, HELD_OUT_SEED)
+        for samples, steps in plan["settings"]:
+            fit = recalibration.fit_run(config, task, model, tmp, samples, steps, config.sampler.method,
+                                        described=described)
+            recalibration.save(fit, out_dir)
+            print(f"{fit.label()}: factors " + " ".join(f"{a:.2f}" for a in fit.scales))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, choices=sorted(MODELS))
-    parser.add_argument("--run", required=True, help="run folder of `cvdm-tf train --task NAME` (default config)")
+    parser.add_argument("--run", help="run folder of `cvdm-tf train --task NAME` (default config)")
     parser.add_argument("--train", action="store_true", help="train the run first with the default command")
     parser.add_argument("--commit", help="commit that trained the run (default: this checkout's HEAD)")
     parser.add_argument("--training-cost", default="", help="e.g. '6000 steps, 16 min on 2 CPU cores'")
+    parser.add_argument("--recalibrate-only", action="store_true", help="only step 5, on the shipped model")
     args = parser.parse_args(argv)
     spec = MODELS[args.name]
+    if args.recalibrate_only:
+        recalibrate(args.name, builtin.ROOT / args.name)
+        return 0
+    if not args.run:
+        parser.error("--run is required (but with --recalibrate-only)")
     if args.train:
         subprocess.run(["cvdm-tf", "train", "--task", args.name, "--out", args.run]
                        + (["--resume"] if Path(args.run).exists() else []), check=True)
@@ -230,6 +263,8 @@ def main(argv=None):
     card["check"]["scores"] = check_scores(f"builtin:{args.name}")
     card["benchmark"]["result"] = run_benchmark(args.name)
     io.write_text(out_dir / "card.toml", toml_card(card))
+    if "recalibrate" in spec:
+        recalibrate(args.name, out_dir)
     print(builtin.describe(f"builtin:{args.name}"))
     return 0
 
