@@ -50,6 +50,8 @@ def main(argv=None):
     parser.add_argument("--antithetic", choices=["yes", "no"], help="samples in antithetic pairs (default: the run's)")
     parser.add_argument("--regions", action="store_true", help="also the coverage on the background (the truth "
                         "within 5%% of its range above its minimum) and on the rest, at the largest K")
+    parser.add_argument("--photons", type=float, help="BioSR: the held-out cells' photons (default: the middle of "
+                        "the run's training range, as biosr_table.py)")
     parser.add_argument("--recalibration", metavar="FOLDER", help="the recalibration.json of `cvdm-tf calibrate` "
                         "in this folder (default: the model's own, if any)")
     args = parser.parse_args(argv)
@@ -66,7 +68,7 @@ def main(argv=None):
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from biosr_table import write_held_out
 
-            photons = float(np.sqrt(config.data.photons_min * config.data.photons_max))  # as biosr_table's default
+            photons = args.photons or float(np.sqrt(config.data.photons_min * config.data.photons_max))  # as biosr_table
             write_held_out(task, tmp, max(1, args.images // 4), args.size, photons, args.seed)
             data = tmp
         elif data is None:

@@ -46,6 +46,9 @@ class Prediction:
             `predict(..., mean_network=True)` on a model that has one, or it is the run's estimate.
         estimate: str. The run's point estimate (`sampler.estimate`, chosen on validation images): "mean",
             "median" or "mean_network"; `point_estimate` is that array.
+        std_recalibrated: float32 like std, or None: the std map recalibrated on validation images (a factor
+            per level of the image, `cvdm_tf.recalibration`), where the run has a fit of `cvdm-tf calibrate` for
+            this K, T and sampler.
         unit: str. The unit of mean, std and samples ("" for relative intensities).
         pixel_size_um: float or None. The outputs' pixel size (the task's output grid), when known.
     """
@@ -59,6 +62,7 @@ class Prediction:
     median: np.ndarray | None = None
     mean_network: np.ndarray | None = None
     estimate: str = "mean"
+    std_recalibrated: np.ndarray | None = None
 
     @property
     def point_estimate(self) -> np.ndarray:
@@ -147,7 +151,9 @@ class Model:
                           unit=task.target_unit, pixel_size_um=task.output_pixel_size_um,
                           median=squeeze(result["median"]) if "median" in result else None,
                           mean_network=squeeze(result["mean_network"]) if "mean_network" in result else None,
-                          estimate=self.config.sampler.estimate)
+                          estimate=self.config.sampler.estimate,
+                          std_recalibrated=squeeze(result["std_recalibrated"]) if "std_recalibrated" in result
+                          else None)
 
     def reconstruct(self, task, raw, samples: int | None = None, steps: int | None = None, method: str | None = None,
                     seed: int = 0, **options) -> dict:

@@ -153,3 +153,25 @@ def test_calibrate_refuses_to_write_into_a_builtin_model_before_sampling(tmp_pat
     result = CliRunner().invoke(main, ["calibrate", "--model", "builtin:biosr", "--data", str(tmp_path / "none"),
                                        "--out", str(tmp_path)])
     assert result.exit_code == 2 and "none: no such file or folder" in result.output
+
+
+@pytest.mark.slow
+def test_builtin_biosr_serves_its_recalibrated_std_map_at_its_card_setting():
+    """The shipped fit travels with the package (setup.cfg's package data) and the API and napari layers use it."""
+    from importlib import resources
+
+    from cvdm_tf import api
+    from cvdm_tf.napari.layers import output_layers
+
+    folder = resources.files("cvdm_tf") / "builtin" / "biosr"
+    fits = json.loads((folder / "recalibration.json").read_text())["fits"]
+    card_fit = next(f for f in fits if (f["samples"], f["steps"], f["antithetic"]) == (4, 4, True))
+    widefield = tifffile.imread(folder / "heldout" / "wf" / "er_001.tif")
+    model = api.load("builtin:biosr")
+    prediction = model.predict(widefield, seed=3)
+    level = (prediction.mean - prediction.mean.min()) / (prediction.mean.max() - prediction.mean.min())
+    factors = np.asarray(card_fit["scales"])[np.clip((level * 10).astype(int), 0, 9)]
+    np.testing.assert_allclose(prediction.std_recalibrated, prediction.std * factors, rtol=1e-5)
+    names = [kwargs["name"] for _, kwargs, _ in output_layers(prediction, "er")]
+    assert names == ["er_mean", "er_mean_network", "er_std", "er_std_recalibrated", "er_schedule"]
+    assert model.predict(widefield, samples=6, seed=3).std_recalibrated is None  # no fit at K = 6

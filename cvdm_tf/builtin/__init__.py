@@ -123,6 +123,16 @@ def check_task(spec, task):
     return make_task(task.name, dataclasses.replace(task.data, **options))
 
 
+def _recalibration_lines(spec) -> list[str]:
+    from cvdm_tf import recalibration
+
+    fits = recalibration.load(folder(spec))
+    if not fits:
+        return []
+    return [f"  std map:       also written recalibrated (NAME_std_recalibrated) at "
+            + "; ".join(fit.setting() for fit in fits), f"                 fitted on {fits[0].data}"]
+
+
 def describe(spec) -> str:
     """A short text card for `cvdm-tf models`."""
     c = card(spec)
@@ -135,6 +145,7 @@ def describe(spec) -> str:
                if "physics_range" in c else []),
              f"  parameters:    {c['parameters']:,}",
              f"  sampler:       {c['sampler']}",
+             *_recalibration_lines(spec),
              f"  benchmark:     {c['benchmark']['result']}",
              f"                 on {c['benchmark']['set']}",
              f"                 `{c['benchmark']['command']}`",

@@ -13,12 +13,13 @@ from cvdm_tf.config import ESTIMATES
 #: The outputs of one reconstruction, as `cvdm_tf.inference.reconstruct` returns them, in the order they are added
 #: (the run's point estimate after the mean, where it is another).
 OUTPUTS = ("mean", "std", "schedule")
-COLORMAPS = {"std": "magma", "schedule": "viridis"}
+COLORMAPS = {"std": "magma", "std_recalibrated": "magma", "schedule": "viridis"}
 
 
 def output_layers(prediction, name: str, pixel_size_um: float | None = None) -> list[tuple]:
     """napari LayerData tuples (data, kwargs, "image") of a reconstruction: mean, the run's point estimate where
-    it is another (median or mean_network), std and schedule.
+    it is another (median or mean_network), std, the recalibrated std where the run has one for the setting, and
+    schedule.
 
     Args:
         prediction: `cvdm_tf.api.Prediction` (mean, std, schedule [H, W] or [H, W, C]; its unit, e.g. radians).
@@ -30,7 +31,8 @@ def output_layers(prediction, name: str, pixel_size_um: float | None = None) -> 
     """
     layers = []
     estimate = getattr(prediction, "estimate", "mean")
-    for key in OUTPUTS[:1] + ((estimate,) if estimate != "mean" else ()) + OUTPUTS[1:]:
+    recalibrated = ("std_recalibrated",) if getattr(prediction, "std_recalibrated", None) is not None else ()
+    for key in OUTPUTS[:1] + ((estimate,) if estimate != "mean" else ()) + OUTPUTS[1:2] + recalibrated + OUTPUTS[2:]:
         value_unit = "" if key == "schedule" else prediction.unit  # tau * rho(1) is unitless
         layers.append(layer_data(getattr(prediction, key), f"{name}_{key}", key, pixel_size_um, value_unit))
     return layers

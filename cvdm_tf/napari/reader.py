@@ -10,8 +10,8 @@ from pathlib import Path
 from cvdm_tf.config import ESTIMATES
 from cvdm_tf.napari.layers import layer_data
 
-#: The infer outputs this reader opens: the point estimates, std and schedule.
-KINDS = (*ESTIMATES, "std", "schedule")
+#: The infer outputs this reader opens: the point estimates, std (raw and recalibrated) and schedule.
+KINDS = (*ESTIMATES, "std", "std_recalibrated", "schedule")
 #: File name endings this reader claims (also in napari.yaml's filename_patterns).
 SUFFIXES = tuple(f"_{key}.{ext}" for key in KINDS for ext in ("tif", "tiff"))
 
@@ -25,7 +25,7 @@ def get_reader(path):
 
 
 def output_kind(path) -> str | None:
-    """The kind ("mean", "median", "mean_network", "std" or "schedule") of a file named like an infer output,
+    """The kind ("mean", "median", "mean_network", "std", "std_recalibrated" or "schedule") of a file named like an infer output,
     else None."""
     name = Path(path).name.lower()
     for key in KINDS:
