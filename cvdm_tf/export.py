@@ -12,12 +12,16 @@ package: the graph holds, in order,
     4. the task's refinement of each sample against the measurement, when its config asks (QPI:
        `data.data_consistency`), and the mean and std of the refined samples;
     5. the run's point estimate (`sampler.estimate`): the mean, the per-pixel median of the samples, or the mean
-       network's own output.
+       network's own output;
+    6. where the run has a recalibration of its std map for serving_default's K, T and sampler (`cvdm-tf
+       calibrate`), `std_recalibrated`: the std times the factor of each pixel's level in its image
+       (`cvdm_tf.recalibration`).
 
 Signatures (QPI adds the measurement's physics, float32 scalars in um, after the other inputs: wavelength_um,
 pixel_size_um, defocus_um; outside the model's training range the call fails with an error naming the range):
 
     serving_default(condition[, physics])                 -> mean, std, schedule, estimate      T, K, seed fixed
+                                                             (and std_recalibrated, see 6.)
     sample(condition, steps, samples, seed[, physics])    -> mean, std, schedule, estimate, samples
 
 condition is the raw measurement, float32 [batch, h, w, C_in] for any h and w (QPI: the intensity pair
@@ -60,11 +64,13 @@ class ExportedSampler(tf.Module):
             estimate, std and schedule as channels (bioimage.io packages: its TensorFlow runner reads a dict of
             outputs by position, and a restored SavedModel's dict order changes from process to process).
         estimate: str. The run's point estimate (`sampler.estimate`: "mean", "median" or "mean_network").
+        recalibration: `cvdm_tf.recalibration.Recalibration` of `steps`, `samples` and `method`, or None:
+            `serving_default` also returns `std_recalibrated` (not with `stacked`).
     """
 
     def __init__(self, model, task, steps: int, samples: int, method: str = "ddpm", seed: int = 0,
                  sampler_config=None, name: str = "cvdm", physics_inputs: bool = True, stacked: bool = False,
-                 estimate: str = "mean"):
+                 estimate: str = "mean", recalibration=None):
         super().__init__(name=name)
         if method not in ("ddpm", "ddim"):
             raise ValueError(f"unknown sampler {method!r} (ddpm or ddim)")
@@ -75,6 +81,10 @@ class ExportedSampler(tf.Module):
         self._task = task  # plain Python: only its TensorFlow functions are traced, nothing of it is saved
         self.steps, self.samples, self.seed, self.method = int(steps), int(samples), int(seed), method
         self.stacked = stacked
+        if recalibration is not None and not recalibration.matches(self.samples, self.steps, method,
+                                                                   getattr(self.sampler, "antithetic", False)):
+            raise ValueError(f"the recalibration is for {recalibration.setting()}, not K = {samples}, T = {steps}")
+        self.factors = None if recalibration is None else tf.constant(recalibration.scales, tf.float32)
         # The raw measurement, before normalize_condition (which may add channels, e.g. QPI's TIE estimate).
         channels = task.measurement_channels
         condition = tf.TensorSpec([None, None, None, channels], tf.float32, name="condition")
@@ -119,7 +129,18 @@ class ExportedSampler(tf.Module):
                            *physics)
         if self.stacked:
             return {"reconstruction": tf.concat([out["estimate"], out["std"], out["schedule"]], axis=-1)}
-        return {name: out[name] for name in ("mean", "std", "schedule", "estimate")}
+        served = {name: out[name] for name in ("mean", "std", "schedule", "estimate")}
+        if self.factors is not None:
+            served["std_recalibrated"] = self._recalibrated(out["mean"], out["std"])
+        return served
+
+    def _recalibrated(self, mean, std):
+        """`Recalibration.apply` per image of the batch: the level (m - min m) / (max m - min m) picks the bin."""
+        low = tf.reduce_min(mean, axis=[1, 2, 3], keepdims=True)
+        level = tf.math.divide_no_nan(mean - low, tf.reduce_max(mean, axis=[1, 2, 3], keepdims=True) - low)
+        bins = tf.shape(self.factors)[0]
+        index = tf.clip_by_value(tf.cast(level * tf.cast(bins, tf.float32), tf.int32), 0, bins - 1)
+        return std * tf.gather(self.factors, index)
 
 
 def export_run(run_dir, out_dir, steps: int | None = None, samples: int | None = None, seed: int = 0) -> Path:
@@ -139,6 +160,7 @@ def export_run(run_dir, out_dir, steps: int | None = None, samples: int | None =
         InputError: `run_dir` is not a run folder, `out_dir` exists and is not an empty folder, or steps / samples
             are not positive.
     """
+    from cvdm_tf import recalibration
     from cvdm_tf.runs import load_run  # runs imports the training stack; keep `import cvdm_tf.export` light
 
     out_dir = Path(out_dir)
@@ -147,14 +169,17 @@ def export_run(run_dir, out_dir, steps: int | None = None, samples: int | None =
         if value is not None and value < 1:
             raise InputError(f"--{key}: must be >= 1, got {value}")
     config, task, model = load_run(run_dir)
+    steps, samples = steps or config.sampler.steps, samples or config.sampler.samples
     module = ExportedSampler(
         model, task,
-        steps=steps or config.sampler.steps,
-        samples=samples or config.sampler.samples,
+        steps=steps,
+        samples=samples,
         method=config.sampler.method,
         seed=seed,
         sampler_config=config.sampler,
         estimate=config.sampler.estimate,
+        recalibration=recalibration.find(recalibration.of_run(run_dir), samples, steps, config.sampler.method,
+                                         config.sampler.antithetic),
     )
     save(module, dump_config(config), out_dir)
     return out_dir

@@ -188,6 +188,33 @@ def test_the_exported_median_is_numpys_median_of_the_exported_samples(tiny_run, 
         ExportedSampler(model, task, steps=2, samples=k, estimate="mean_network")
 
 
+def test_the_export_serves_the_recalibrated_std_where_the_run_has_a_fit_for_its_setting(tiny_run, tmp_path):
+    """`cvdm-tf calibrate`'s factors travel into serving_default: std times the factor of each pixel's level,
+    as `Recalibration.apply` computes it in numpy (float64 levels: a pixel on a bin's edge may differ)."""
+    import shutil
+
+    import tensorflow as tf
+
+    from cvdm_tf import recalibration
+    from cvdm_tf.export import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    fit = recalibration.Recalibration(tuple(np.linspace(0.5, 3.0, 10)), SAMPLES, STEPS, "ddpm", False, 1, "test")
+    recalibration.save(fit, run)
+    loaded = tf.saved_model.load(str(export_run(run, tmp_path / "export", steps=STEPS, samples=SAMPLES)))
+    physics = {key: tf.constant(value) for key, value in dict(wavelength_um=0.6, pixel_size_um=0.16,
+                                                               defocus_um=2.0).items()}
+    out = loaded.signatures["serving_default"](condition=tf.constant(_condition(*SHAPES[0])), **physics)
+    mean, std = out["mean"].numpy(), out["std"].numpy()
+    expected = np.stack([fit.apply(s, m) for s, m in zip(std, mean)])
+    close = np.isclose(out["std_recalibrated"].numpy(), expected, rtol=1e-5)
+    assert close.mean() > 0.995
+    assert not np.allclose(expected, std)  # the factors differ from 1
+    other = tf.saved_model.load(str(export_run(run, tmp_path / "other", steps=STEPS + 1, samples=SAMPLES)))
+    assert "std_recalibrated" not in other.signatures["serving_default"].structured_outputs  # no fit at this T
+
+
 def test_export_of_a_folder_that_is_not_a_run_is_one_line_exit_2(tmp_path):
     (tmp_path / "not_a_run").mkdir()
     result = CliRunner().invoke(main, ["export", "--model", str(tmp_path / "not_a_run"),
