@@ -117,15 +117,16 @@ SAMPLER_PRECISION = click.option(
          "bfloat16 where the hardware has it, e.g. CPUs with AVX512_BF16/AMX, float32 elsewhere).")
 
 
-def task_options(command_name: str):
-    """The options every task declares for `command_name` (`cvdm_tf.tasks.base.Option`), as click options; the
-    command receives them as one dict `task_values` of the values given (None where not given)."""
+def task_options(command_name: str, baselines: bool = True):
+    """The options every task declares for `command_name` (`cvdm_tf.tasks.base.Option`), as click options (but
+    the baselines' where `baselines` is False); the command receives them as one dict `task_values` of the values
+    given (None where not given)."""
     from cvdm_tf.tasks import TASK_OPTIONS
 
     declared = {}
     for name, options in TASK_OPTIONS.items():
         for option in options:
-            if command_name in option.commands:
+            if command_name in option.commands and (baselines or not option.baseline):
                 declared.setdefault(option.flag, (option, []))[1].append(name)
 
     def decorate(function):
@@ -523,11 +524,13 @@ def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, co
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Folder of the recalibration.json to write (default: the run folder; required for builtin:NAME).")
+@task_options("eval", baselines=False)
 @command
-def calibrate(run_dir, data_path, samples, steps, method, seed, out_dir):
+def calibrate(run_dir, data_path, samples, steps, method, seed, out_dir, task_values):
     """Fit the std map's recalibration on validation data: one factor per level of the image, so the truth is
     within 1 and 2 std as often as for a calibrated sampler (Student-t targets). infer then also writes
-    NAME_std_recalibrated.tif at this K, T and sampler."""
+    NAME_std_recalibrated.tif at this K, T and sampler. The task's data options are eval's (QPI camera frames:
+    --camera-crop N)."""
     from cvdm_tf import builtin
     from cvdm_tf.runs import model_config
 
@@ -545,9 +548,14 @@ def calibrate(run_dir, data_path, samples, steps, method, seed, out_dir):
     from cvdm_tf import recalibration
     from cvdm_tf.runs import load_run
 
+    data, _, reader_options, physics = apply_task_options(config.task, config.data, task_values, "eval")
     config, task, model = load_run(run_dir)
+    if data != config.data or physics:  # e.g. QPI camera frames: --camera-crop N --boundary camera
+        from cvdm_tf.tasks import make_task
+
+        task = make_task(config.task, data).with_physics(**physics)
     fit = recalibration.fit_run(config, task, model, data_path, samples, steps or config.sampler.steps,
-                                method or config.sampler.method, seed=seed,
+                                method or config.sampler.method, seed=seed, reader_options=reader_options,
                                 progress=lambda i, n, name: click.echo(f"[{i}/{n}] {name}", err=True))
     out = Path(out_dir or run_dir)
     out.mkdir(parents=True, exist_ok=True)

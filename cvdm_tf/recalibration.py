@@ -164,15 +164,15 @@ def find(fits, samples: int, steps: int, method: str, antithetic: bool) -> Recal
 
 
 def fit_run(config, task, model, data, samples: int, steps: int, method: str, seed: int = 0, bins: int = BINS,
-            progress=None, described: str = "") -> Recalibration:
-    """Sample every case of `data` (what `cvdm-tf eval --data` reads) at the setting and fit its factors;
-    `described`: what the data are, for the file (default: its path)."""
+            progress=None, described: str = "", reader_options: dict | None = None) -> Recalibration:
+    """Sample every case of `data` (what `cvdm-tf eval --data` reads, with the task's `reader_options`) at the
+    setting and fit its factors; `described`: what the data are, for the file (default: its path)."""
     from cvdm_tf.evaluation import scored_image
     from cvdm_tf.inference import reconstruct
     from cvdm_tf.sampler import sampler_for
 
     sampler = sampler_for(model, config.sampler)
-    cases = task.eval_cases(data, getattr(task.data, "noise", "none"), seed)
+    cases = task.eval_cases(data, getattr(task.data, "noise", "none"), seed, **(reader_options or {}))
     if not cases:
         raise InputError(f"{data}: no validation images")
     stds, errors, means = [], [], []
