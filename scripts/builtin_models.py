@@ -2,7 +2,7 @@
 
     python scripts/builtin_models.py --name qpi   --run runs/qpi-default   [--train]
     python scripts/builtin_models.py --name biosr --run runs/biosr-default [--train]
-    python scripts/builtin_models.py --name biosr --recalibrate-only
+    python scripts/builtin_models.py --name qpi|biosr --recalibrate-only
 
 1. `--train`: train the run first with the default command (`cvdm-tf train --task NAME --out RUN`), unless it is
    complete already. The default configs are seeded, so this reproduces the shipped model up to TensorFlow's
@@ -13,9 +13,9 @@
    oracle-tuned classical baseline on it with `cvdm_tf.evaluation.evaluate`, exactly as `cvdm-tf eval` does.
 4. Run the task's held-out benchmark (`benchmarks/qpi_vs_tie.py`, `benchmarks/biosr_table.py`) on the shipped
    model and write its result into the card.
-5. BioSR: fit the std map's recalibration (`cvdm_tf.recalibration`) on 64 validation cells (seed 4321, never the
-   benchmark's test cells) at the card's sampler and at K = 8, T = 10 (`--recalibrate-only`: this step alone, on
-   the shipped model).
+5. QPI, BioSR: fit the std map's recalibration (`cvdm_tf.recalibration`) on 64 validation images (seed 4321,
+   never the benchmark's test images) at the card's sampler (BioSR: also at K = 8, T = 10); `--recalibrate-only`:
+   this step alone, on the shipped model.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ MODELS = {
         # 8 denoiser passes, chosen on validation camera frames (seed 4321), never the test frames: K = 4 antithetic
         # x T = 2 within 0.5% of the config's K = 32 x T = 10 (docs/results-qpi-camera.md). Not part of the weights.
         sampler=dict(method="ddpm", steps=2, samples=4, antithetic=True, discretisation="exact"),
+        # The std map's recalibration: (K, T) settings, validation camera frames (cell fields only: the test
+        # frames include held-out natural images) and their size.
+        recalibrate=dict(settings=[(4, 2)], images=64, size=128),
     ),
     "biosr": dict(
         title="super-resolution microscopy, widefield -> SIM-like on the 2x grid",
@@ -76,7 +79,7 @@ MODELS = {
         # (MAE 0.0198 / 0.0199; the samples' median 0.0214 / 0.0245, their mean 0.0221 / 0.0261).
         sampler=dict(method="ddpm", steps=4, samples=4, antithetic=True, estimate="mean_network"),
         # The std map's recalibration: (K, T) settings, validation cells per structure and their size.
-        recalibrate=dict(settings=[(4, 4), (8, 10)], per_structure=16, size=128),
+        recalibrate=dict(settings=[(4, 4), (8, 10)], images=64, size=128),
     ),
     "sr4x": dict(
         title="4x super-resolution of natural images (colour)",
@@ -193,18 +196,34 @@ def toml_card(card: dict) -> str:
 
 def recalibrate(name, out_dir: Path):
     """Fit the std map's recalibration of the shipped model at each of its settings (`MODELS[name]["recalibrate"]`)
-    on simulated validation cells (seed `HELD_OUT_SEED`), into OUT_DIR/recalibration.json."""
-    from biosr_table import write_held_out
+    on validation images drawn with `HELD_OUT_SEED` (never the benchmarks' test images), into
+    OUT_DIR/recalibration.json. QPI: camera frames, the centres of cell fields twice as wide; BioSR: simulated
+    cells, a quarter per structure, at the middle of the training photon range."""
+    import dataclasses
 
     from cvdm_tf import recalibration
+    from cvdm_tf.tasks import make_task
 
     plan = MODELS[name]["recalibrate"]
     config, task, model = load_run(f"builtin:{name}")
-    photons = float(np.sqrt(config.data.photons_min * config.data.photons_max))
-    described = (f"{4 * plan['per_structure']} simulated validation cells ({plan['per_structure']} per structure, "
-                 f"{plan['size']} px, {photons:.0f} photons, seed {HELD_OUT_SEED}: benchmarks/biosr_table.py)")
+    size, images = plan["size"], plan["images"]
     with tempfile.TemporaryDirectory() as tmp:
-        write_held_out(task, tmp, plan["per_structure"], plan["size"], photons, HELD_OUT_SEED)
+        if config.task == "qpi":
+            from cvdm_tf.tasks.qpi import camera_fields
+
+            for field, phase in camera_fields(images, 2 * size, config.data.pixel_size_um, HELD_OUT_SEED,
+                                              config.data.phase_max, natural=()):
+                io.write_tiff(Path(tmp) / f"{field}.tif", phase.astype(np.float32))
+            task = make_task(task.name, dataclasses.replace(task.data, camera_crop=size, boundary="camera"))
+            described = (f"{images} validation camera frames ({size} px, the centres of cell-phantom fields of "
+                         f"{2 * size} px, seed {HELD_OUT_SEED}), the run's noise and microscope")
+        else:
+            from biosr_table import write_held_out
+
+            photons = float(np.sqrt(config.data.photons_min * config.data.photons_max))
+            write_held_out(task, tmp, images // 4, size, photons, HELD_OUT_SEED)
+            described = (f"{images} simulated validation cells ({images // 4} per structure, {size} px, "
+                         f"{photons:.0f} photons, seed {HELD_OUT_SEED}: benchmarks/biosr_table.py)")
         for samples, steps in plan["settings"]:
             fit = recalibration.fit_run(config, task, model, tmp, samples, steps, config.sampler.method,
                                         described=described)
