@@ -112,8 +112,9 @@ def test_calibrate_then_infer_writes_the_std_map_scaled_by_the_factor_of_each_le
     for i, phase in enumerate(cell_phantoms(3, 32, seed=9, peak=2.0)):
         tifffile.imwrite(truth / f"cell{i}.tif", phase)
     runner = CliRunner()
+    # Camera frames (eval's task options): the central 16 px of each 32 px field.
     result = runner.invoke(main, ["calibrate", "--model", str(run), "--data", str(truth), "--samples", "2",
-                                  "--steps", "3"])
+                                  "--steps", "3", "--camera-crop", "16", "--boundary", "camera"])
     assert result.exit_code == 0, result.output
     saved = json.loads((run / "recalibration.json").read_text())["fits"]
     assert [(f["samples"], f["steps"], f["method"], f["images"]) for f in saved] == [(2, 3, "ddpm", 3)]
