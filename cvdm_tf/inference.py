@@ -154,7 +154,7 @@ def infer_paths(run_dir, input_path, out_dir, samples: int | None = None, steps:
     fit = api_model.recalibration(samples, steps, method)
     if fit is not None:
         made_by += f"; NAME_std_recalibrated: {fit.label()}"
-        progress.message(f"the std map is also written recalibrated (NAME_std_recalibrated): {fit.label()}")
+        progress.message(f"NAME_std_recalibrated: the {fit.label()}")
     elif api_model.recalibrations:
         progress.message("no recalibration of the std map for this sampler setting (the run has: "
                          + "; ".join(entry.setting() for entry in api_model.recalibrations)
@@ -228,6 +228,8 @@ def _infer_ome_zarr(run_dir, input_path, out_dir, api_model, samples, steps, met
     if config.sampler.estimate != "mean":
         progress.message(f"this model's point estimate is its {config.sampler.estimate.replace('_', ' ')}; a field "
                          "gets the samples' mean (NAME_mean)")
+    if api_model.recalibration(samples, steps, method) is not None:
+        progress.message("the std map's recalibration (cvdm-tf calibrate) is not applied to a field: NAME_std only")
     progress.start_file(0, name)
     made_by = _made_by(run_dir, samples, steps, method, seed)
     description = "; ".join(part for part in (made_by, task.describe_physics()) if part)

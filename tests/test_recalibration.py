@@ -128,7 +128,7 @@ def test_calibrate_then_infer_writes_the_std_map_scaled_by_the_factor_of_each_le
     result = runner.invoke(main, ["infer", "--model", str(run), "--input", str(measured / "cell0.tif"), "--out",
                                   str(tmp_path / "out"), "--samples", "2", "--steps", "3"])
     assert result.exit_code == 0, result.output
-    assert "recalibrated" in result.output
+    assert "NAME_std_recalibrated: the std recalibrated on 3 validation image(s) at K = 2, T = 3 ddpm" in result.output
     mean = tifffile.imread(tmp_path / "out" / "cell0_mean.tif")
     std = tifffile.imread(tmp_path / "out" / "cell0_std.tif")
     with tifffile.TiffFile(tmp_path / "out" / "cell0_std_recalibrated.tif") as tif:
