@@ -129,7 +129,7 @@ def _recalibration_lines(spec) -> list[str]:
     fits = recalibration.load(folder(spec))
     if not fits:
         return []
-    return [f"  std map:       also written recalibrated (NAME_std_recalibrated) at "
+    return ["  std map:       also written recalibrated (NAME_std_recalibrated) at "
             + "; ".join(fit.setting() for fit in fits), f"                 fitted on {fits[0].data}"]
 
 

@@ -25,8 +25,8 @@ def get_reader(path):
 
 
 def output_kind(path) -> str | None:
-    """The kind ("mean", "median", "mean_network", "std", "std_recalibrated" or "schedule") of a file named like an infer output,
-    else None."""
+    """The kind ("mean", "median", "mean_network", "std", "std_recalibrated" or "schedule") of a file named like an
+    infer output, else None."""
     name = Path(path).name.lower()
     for key in KINDS:
         if name.endswith((f"_{key}.tif", f"_{key}.tiff")):
