@@ -176,3 +176,27 @@ def test_builtin_biosr_serves_its_recalibrated_std_map_at_its_card_setting():
     names = [kwargs["name"] for _, kwargs, _ in output_layers(prediction, "er")]
     assert names == ["er_mean", "er_mean_network", "er_std", "er_std_recalibrated", "er_schedule"]
     assert model.predict(widefield, samples=6, seed=3).std_recalibrated is None  # no fit at K = 6
+
+
+@pytest.mark.slow
+def test_eval_scores_the_recalibrated_map_where_the_run_has_a_fit(tiny_run, tmp_path):
+    """Factors of 1 leave the coverage as the raw map's; factors of 1e6 put every pixel within 1 std."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    for i, phase in enumerate(cell_phantoms(2, 32, seed=4, peak=2.0)):
+        tifffile.imwrite(truth / f"cell{i}.tif", phase)
+    reports = []
+    for factor in (1.0, 1e6):
+        recalibration.save(recalibration.Recalibration((factor,) * 10, 2, 3, "ddpm", False, 1, "test"), run)
+        report_path = tmp_path / f"report{factor:g}.json"
+        result = CliRunner().invoke(main, ["eval", "--model", str(run), "--data", str(truth), "--samples", "2",
+                                           "--steps", "3", "--baseline", "tie", "--out", str(report_path)])
+        assert result.exit_code == 0, result.output
+        assert "recalibrated: within 1 std" in result.output
+        reports.append(json.loads(report_path.read_text())["mean"]["cvdm"])
+    same, wide = reports
+    assert same["recalibrated_within_1_std"] == pytest.approx(same["within_1_std"])
+    assert same["recalibrated_within_2_std"] == pytest.approx(same["within_2_std"])
+    assert same["within_1_std"] < 1.0 and wide["recalibrated_within_1_std"] == 1.0
