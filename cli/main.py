@@ -539,6 +539,8 @@ def calibrate(run_dir, data_path, samples, steps, method, seed, out_dir, task_va
         raise InputError(f"{data_path}: no such file or folder")
     if out_dir is None and builtin.is_builtin(run_dir):
         raise InputError(f"{run_dir}: a built-in model's folder is not yours to write; pass --out FOLDER")
+    if config.model.kind == "regression":
+        raise InputError(f"{run_dir}: a regression run has one output and no std map to recalibrate")
     samples = samples or config.sampler.samples
     if samples < 2:
         raise InputError(f"--samples {samples}: a std map needs K >= 2")
