@@ -222,8 +222,8 @@ class ReconstructWidget(Container):
             self._adding = False
         self.last_layers = added
         self.progress.value = self.progress.max
-        unit = f" ({prediction.unit})" if prediction.unit else ""
-        self._show_message(f"added {job.name}_mean, _std{unit} and _schedule")
+        unit = f" (values in {prediction.unit})" if prediction.unit else ""
+        self._show_message(f"added {', '.join(layer.name for layer in added)}{unit}")
 
     def _failed(self, error):
         if isinstance(error, Cancelled):
