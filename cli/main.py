@@ -550,6 +550,8 @@ def calibrate(run_dir, data_path, samples, steps, method, seed, out_dir, task_va
     from cvdm_tf import recalibration
     from cvdm_tf.runs import load_run
 
+    out = Path(out_dir or run_dir)
+    recalibration.load(out)  # a damaged recalibration.json there is refused now, not after the sampling
     data, _, reader_options, physics = apply_task_options(config.task, config.data, task_values, "eval")
     config, task, model = load_run(run_dir)
     if data != config.data or physics:  # e.g. QPI camera frames: --camera-crop N --boundary camera
@@ -559,7 +561,6 @@ def calibrate(run_dir, data_path, samples, steps, method, seed, out_dir, task_va
     fit = recalibration.fit_run(config, task, model, data_path, samples, steps or config.sampler.steps,
                                 method or config.sampler.method, seed=seed, reader_options=reader_options,
                                 progress=lambda i, n, name: click.echo(f"[{i}/{n}] {name}", err=True))
-    out = Path(out_dir or run_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = recalibration.save(fit, out)
     click.echo(f"wrote {path}: {fit.label()}")

@@ -154,6 +154,11 @@ def test_calibrate_refuses_to_write_into_a_builtin_model_before_sampling(tmp_pat
     result = CliRunner().invoke(main, ["calibrate", "--model", "builtin:biosr", "--data", str(tmp_path / "none"),
                                        "--out", str(tmp_path)])
     assert result.exit_code == 2 and "none: no such file or folder" in result.output
+    (tmp_path / "recalibration.json").write_text("{}")  # damaged: refused before any sampling, and kept
+    result = CliRunner().invoke(main, ["calibrate", "--model", "builtin:biosr", "--data", str(tmp_path),
+                                       "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "recalibration.json: not a recalibration file" in result.output
+    assert "tensorflow" not in result.output.lower() and (tmp_path / "recalibration.json").read_text() == "{}"
 
 
 @pytest.mark.slow
