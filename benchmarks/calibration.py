@@ -68,7 +68,8 @@ def main(argv=None):
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from biosr_table import write_held_out
 
-            photons = args.photons or float(np.sqrt(config.data.photons_min * config.data.photons_max))  # as biosr_table
+            # As biosr_table.py: the middle of the training photon range.
+            photons = args.photons or float(np.sqrt(config.data.photons_min * config.data.photons_max))
             write_held_out(task, tmp, max(1, args.images // 4), args.size, photons, args.seed)
             data = tmp
         elif data is None:
@@ -86,10 +87,10 @@ def main(argv=None):
         rows = []
         for k in ks:
             began = time.process_time()
-            fit = recalibration.find(fits, k, config.sampler.steps, config.sampler.method, config.sampler.antithetic)
+            fit = recalibration.find(fits, config.sampler, k)
             report = evaluate(config, task, model, data, samples=k, seed=args.seed, baselines=[], recalibration=fit)
             rows.append((k, report["mean"]["cvdm"], time.process_time() - began))
-        fit = recalibration.find(fits, max(ks), config.sampler.steps, config.sampler.method, config.sampler.antithetic)
+        fit = recalibration.find(fits, config.sampler, max(ks))
         regions = coverage_by_region(config, task, model, data, max(ks), args.seed, fit) if args.regions else None
     print(f"\n{args.model}: {config.task}, {len(report['images'])} held-out images, noise {report['noise']}, "
           f"T = {report['steps']} {report['sampler']} steps"
@@ -134,9 +135,11 @@ def coverage_by_region(config, task, model, data, k, seed, fit=None) -> dict:
                           method=config.sampler.method, seed=seed, sampler=sampler)
         mean, std = out["mean"][..., 0], out["std"][..., 0]
         centred, truth = task.centre(mean, np.asarray(case.truth))
-        sigma = task.centre_spread(std, mean) * (1.0 if antithetic else np.sqrt(1.0 + 1.0 / k))
-        z = np.abs(centred - truth) / np.maximum(sigma, np.finfo(np.float64).tiny)
-        z_fit = z / np.asarray(fit.scales)[recalibration.level_bins(mean, len(fit.scales))] if fit else z * np.nan
+        error = np.abs(centred - truth)
+        normalised = lambda spread: error / np.maximum(  # noqa: E731
+            task.centre_spread(spread, mean) * metrics.spread_of_error(k, antithetic), np.finfo(np.float64).tiny)
+        z = normalised(std)
+        z_fit = normalised(fit.apply(std, mean)) if fit else z * np.nan
         background = truth - truth.min() <= 0.05 * (truth.max() - truth.min())
         for name, mask in (("background", background), ("structure", ~background)):
             counts[name] += [mask.sum(), (z[mask] <= 1).sum(), (z[mask] <= 2).sum(), (z_fit[mask] <= 1).sum(),

@@ -493,8 +493,7 @@ def eval_(run_dir, task, data_path, noise, samples, steps, method, baselines, co
     for path in compare_runs:
         other_config, _, other_model = load_run(path)
         compare[Path(path).name] = (other_config, other_model)
-    fit = recalibration.find(recalibration.of_run(run_dir), samples, steps or config.sampler.steps,
-                             method or config.sampler.method, config.sampler.antithetic)
+    fit = recalibration.find(recalibration.of_run(run_dir), config.sampler, samples, steps, method)
     report = evaluate(config, task_object, model, data_path, noise=noise, samples=samples, steps=steps,
                       method=method, seed=seed, baselines=baselines or None, baseline_options=baseline_options,
                       compare=compare, reader_options=reader_options, recalibration=fit,

@@ -102,9 +102,7 @@ class Model:
         """The fit of `cvdm-tf calibrate` for this sampler setting (None: the run's), or None."""
         from cvdm_tf.recalibration import find
 
-        sampler = self.config.sampler
-        return find(self.recalibrations, samples or sampler.samples, steps or sampler.steps, method or sampler.method,
-                    sampler.antithetic)
+        return find(self.recalibrations, self.config.sampler, samples, steps, method)
 
     def __repr__(self):
         return f"cvdm_tf.Model({self.spec!r}, task={self.task.name!r})"

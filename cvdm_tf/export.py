@@ -178,8 +178,7 @@ def export_run(run_dir, out_dir, steps: int | None = None, samples: int | None =
         seed=seed,
         sampler_config=config.sampler,
         estimate=config.sampler.estimate,
-        recalibration=recalibration.find(recalibration.of_run(run_dir), samples, steps, config.sampler.method,
-                                         config.sampler.antithetic),
+        recalibration=recalibration.find(recalibration.of_run(run_dir), config.sampler, samples, steps),
     )
     save(module, dump_config(config), out_dir)
     return out_dir

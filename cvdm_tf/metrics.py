@@ -556,6 +556,12 @@ def calibration_targets(samples: int, antithetic: bool = False) -> tuple[float, 
     return float(t.cdf(1) - t.cdf(-1)), float(t.cdf(2) - t.cdf(-2))
 
 
+def spread_of_error(samples: int, antithetic: bool = False) -> float:
+    """c_K: the std of the error of a calibrated sampler's K-sample mean in units of its sigma, sqrt(1 + 1/K);
+    1 for antithetic pairs, whose mean is the posterior mean in the linear limit (`calibration_targets`)."""
+    return 1.0 if antithetic else float(np.sqrt(1.0 + 1.0 / samples))
+
+
 def _degrees_of_freedom(samples: int, antithetic: bool) -> float:
     return samples / 2.0 if antithetic else samples - 1.0
 
@@ -595,7 +601,7 @@ def calibration(std_map, error, samples: int, seed: int = 0, antithetic: bool = 
     error = np.abs(np.asarray(error, dtype=np.float64))
     if std.shape != error.shape:
         raise InputError(f"std map and error differ in shape: {std.shape} vs {error.shape}")
-    sigma_k = std if antithetic else std * np.sqrt(1.0 + 1.0 / samples)
+    sigma_k = std * spread_of_error(samples, antithetic)
     target_1, target_2 = calibration_targets(samples, antithetic)
     dof = _degrees_of_freedom(samples, antithetic)
     ceiling = float("nan")

@@ -112,7 +112,9 @@ def fit(stds, errors, means, samples: int, steps: int, method: str, antithetic: 
     """
     if samples < 2:
         raise InputError("a std map needs K >= 2 samples to recalibrate")
-    c_k = 1.0 if antithetic else np.sqrt(1.0 + 1.0 / samples)
+    from cvdm_tf.metrics import spread_of_error
+
+    c_k = spread_of_error(samples, antithetic)
     z = np.concatenate([np.ravel(np.abs(e) / np.maximum(c_k * np.asarray(s, np.float64), np.finfo(float).tiny))
                         for s, e in zip(stds, errors)])
     level = np.concatenate([np.ravel(level_bins(m, bins)) for m in means])
@@ -158,9 +160,12 @@ def save(recalibration: Recalibration, folder) -> Path:
     return path
 
 
-def find(fits, samples: int, steps: int, method: str, antithetic: bool) -> Recalibration | None:
-    """The fit of this sampler setting among `fits`, or None."""
-    return next((entry for entry in fits if entry.matches(samples, steps, method, antithetic)), None)
+def find(fits, sampler, samples: int | None = None, steps: int | None = None,
+         method: str | None = None) -> Recalibration | None:
+    """The fit among `fits` for K, T and method (None: those of `sampler`, the run's `SamplerConfig`) and the
+    sampler's antithetic pairs, or None."""
+    setting = (samples or sampler.samples, steps or sampler.steps, method or sampler.method, sampler.antithetic)
+    return next((entry for entry in fits if entry.matches(*setting)), None)
 
 
 def fit_run(config, task, model, data, samples: int, steps: int, method: str, seed: int = 0, bins: int = BINS,

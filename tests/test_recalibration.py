@@ -1,6 +1,7 @@
 """The std map's recalibration (cvdm_tf.recalibration): factors recovered from simulated samplers that are wrong
 by a known amount, the file, and `cvdm-tf calibrate` -> `cvdm-tf infer` end to end on the tiny run."""
 
+import dataclasses
 import json
 import shutil
 
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 
 from cvdm_tf import recalibration
 from cvdm_tf.cli.main import main
+from cvdm_tf.config import SamplerConfig
 from cvdm_tf.data.phantoms import cell_phantoms
 from cvdm_tf.errors import InputError
 
@@ -91,9 +93,11 @@ def test_the_file_keeps_one_fit_per_setting_and_refuses_a_damaged_one(tmp_path):
     recalibration.save(first.__class__((0.6, 1.9), 8, 10, "ddpm", True, 32, "again"), tmp_path)
     fits = recalibration.load(tmp_path)
     assert len(fits) == 2
-    assert recalibration.find(fits, 8, 10, "ddpm", True).scales == (0.6, 1.9)
-    assert recalibration.find(fits, 4, 4, "ddpm", True) == other
-    assert recalibration.find(fits, 8, 10, "ddim", True) is None
+    sampler = SamplerConfig(steps=10, samples=8, method="ddpm", antithetic=True)  # the run's setting
+    assert recalibration.find(fits, sampler).scales == (0.6, 1.9)
+    assert recalibration.find(fits, sampler, samples=4, steps=4) == other
+    assert recalibration.find(fits, sampler, method="ddim") is None
+    assert recalibration.find(fits, dataclasses.replace(sampler, antithetic=False)) is None
     (tmp_path / recalibration.FILE).write_text('{"fits": [{"scales": [1.0, -2.0], "samples": 8, "steps": 4, '
                                                '"method": "ddpm", "antithetic": true, "images": 3}]}')
     with pytest.raises(InputError, match="recalibration.json: a recalibration factor is not a positive number"):
